@@ -1,0 +1,43 @@
+# Two entry points a newcomer needs: `make quickstart` and `make test`.
+# Each creates .venv if it is missing and installs everything first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pix2seq-installed
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The PyPI build of upstream detectron2 main (a59f056), installed as pure Python:
+# see README "Installing detectron2".
+D2_PYPI_SPEC ?= sal-detectron2==0.7.2
+PYTEST_ARGS ?=
+
+.PHONY: install test quickstart lint clean-quickstart
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -c "import detectron2" 2>/dev/null || $(MAKE) --no-print-directory install-detectron2-pypi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -c "import detectron2, pix2seq_d2; print('detectron2', detectron2.__version__, 'from', detectron2.__file__)"
+	touch $@
+
+# Installs the cp310 wheel's Python code into the venv, then removes its _C extension
+# (built for Python 3.10 / torch 2.3; nothing here may use it) and the top-level `tools`
+# package the wheel ships, which would shadow this repository's tools/ folder.
+.PHONY: install-detectron2-pypi
+install-detectron2-pypi:
+	purelib=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	$(PY) -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
+		--implementation cp --target "$$purelib" --upgrade $(D2_PYPI_SPEC) && \
+	rm -rf "$$purelib/tools" "$$purelib"/detectron2/_C.*.so
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+quickstart: $(STAMP)
+	$(PY) tools/quickstart.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

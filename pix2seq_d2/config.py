@@ -1,0 +1,60 @@
+"""`add_pix2seq_config`: every Pix2Seq knob, with its default and what it means."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_pix2seq_config(cfg: CN) -> None:
+    """Add the ``MODEL.PIX2SEQ`` and ``MODEL.SMALL_RESNET`` nodes (and a few solver keys) to ``cfg``."""
+    cfg.MODEL.PIX2SEQ = CN()
+    p = cfg.MODEL.PIX2SEQ
+    # Number of dataset classes (class tokens). Set it to len(thing_classes) of your dataset.
+    p.NUM_CLASSES = 80
+    # ---- tokenizer ----
+    # Quantisation bins per coordinate. The paper uses 1000 at 640 px and 2000 at 1333 px;
+    # about one bin per pixel of the longest training side is plenty.
+    p.NUM_BINS = 1000
+    # Objects per training sequence: an image with more keeps a random subset of this many.
+    p.MAX_OBJECTS = 100
+    # Order of the objects in a training sequence: "random" (re-drawn every time an image
+    # is loaded; the paper's best), or "none" (the annotation file's order).
+    p.OBJECT_ORDER = "random"
+    # ---- backbone feature and transformer ----
+    # Which backbone output feeds the transformer encoder (e.g. "res5" of a ResNet).
+    p.IN_FEATURE = "res5"
+    p.HIDDEN_DIM = 256  # transformer width d
+    p.NUM_HEADS = 8
+    p.ENC_LAYERS = 6
+    p.DEC_LAYERS = 6
+    p.DIM_FEEDFORWARD = 1024
+    p.DROPOUT = 0.1
+    # Layer norm before (True) or after (False, DETR's layout) each attention/FFN block.
+    p.PRE_NORM = False
+    # Tie the decoder's output projection to its token embedding (the official release does).
+    p.SHARE_EMBEDDING = True
+    # ---- loss ----
+    # Weight of the end-of-sequence target token (real object tokens weigh 1).
+    p.EOS_WEIGHT = 1.0
+    # ---- decoding (inference) ----
+    # At most this many objects are decoded per image; decoding of an image stops earlier
+    # at its own EOS.
+    p.MAX_OBJECTS_TEST = 100
+    # Detections scoring below this are dropped from the returned Instances.
+    p.SCORE_THRESH_TEST = 0.0
+
+    # A ResNet of BasicBlocks with configurable widths, for small images and CPU training
+    # (detectron2's build_resnet_backbone fixes R18/R34 at 64 stem channels).
+    cfg.MODEL.SMALL_RESNET = CN()
+    s = cfg.MODEL.SMALL_RESNET
+    s.STEM_OUT_CHANNELS = 16  # the stem is one 3x3 stride-2 convolution
+    s.WIDTHS = [16, 32, 64, 128]  # output channels of res2..res5
+    s.DEPTHS = [1, 1, 1, 1]  # BasicBlocks per stage
+    s.NORM = "BN"
+    s.OUT_FEATURES = ["res5"]
+
+    # AdamW and the linear-decay schedule (SOLVER.LR_SCHEDULER_NAME = "WarmupLinearDecayLR").
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    # The learning rate at the end of "WarmupLinearDecayLR", as a fraction of BASE_LR.
+    cfg.SOLVER.END_LR_FACTOR = 0.01

@@ -1,0 +1,166 @@
+"""The ``Pix2Seq`` meta-architecture: backbone -> transformer encoder -> token decoder.
+
+Training returns ``{"loss_seq": ...}``, the token-weighted cross-entropy of the target
+sequences (built by :class:`~pix2seq_d2.dataset_mapper.Pix2SeqDatasetMapper`). Inference
+decodes object sequences and returns ``[{"instances": Instances}]`` in each image's
+original size, like every detectron2 model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils import comm
+from torch import nn
+
+from .decoding import greedy_decode
+from .tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
+from .transformer import TokenDecoder, TransformerEncoder, sine_position_encoding
+
+__all__ = ["Pix2Seq", "pad_sequences"]
+
+
+def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
+    """Right-pad 1-D tensors to the longest one in the batch -> ``[B, T_max]``."""
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_value)
+
+
+@META_ARCH_REGISTRY.register()
+class Pix2Seq(nn.Module):
+    """Pix2Seq object detector (Chen et al., ICLR 2022) as a detectron2 meta-architecture."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        encoder: TransformerEncoder,
+        decoder: TokenDecoder,
+        tokenizer: Pix2SeqTokenizer,
+        pixel_mean: tuple[float, ...],
+        pixel_std: tuple[float, ...],
+        max_objects_test: int,
+        score_thresh_test: float = 0.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        hidden_dim = decoder.token_embed.embedding_dim
+        self.input_proj = nn.Conv2d(backbone.output_shape()[in_feature].channels, hidden_dim, kernel_size=1)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.max_objects_test = max_objects_test
+        self.score_thresh_test = score_thresh_test
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        p = cfg.MODEL.PIX2SEQ
+        backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        if p.IN_FEATURE not in backbone.output_shape():
+            raise ValueError(
+                f"MODEL.PIX2SEQ.IN_FEATURE={p.IN_FEATURE!r} is not an output of the backbone "
+                f"(it gives {sorted(backbone.output_shape())})"
+            )
+        tokenizer = Pix2SeqTokenizer(p.NUM_CLASSES, p.NUM_BINS, p.EOS_WEIGHT)
+        max_len = TOKENS_PER_OBJECT * max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) + 1
+        layer_args = dict(
+            dim=p.HIDDEN_DIM, num_heads=p.NUM_HEADS, ffn_dim=p.DIM_FEEDFORWARD, dropout=p.DROPOUT, pre_norm=p.PRE_NORM
+        )
+        return {
+            "backbone": backbone,
+            "in_feature": p.IN_FEATURE,
+            "encoder": TransformerEncoder(p.ENC_LAYERS, **layer_args),
+            "decoder": TokenDecoder(
+                tokenizer.vocab_size, max_len, p.DEC_LAYERS, share_embedding=p.SHARE_EMBEDDING, **layer_args
+            ),
+            "tokenizer": tokenizer,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "max_objects_test": p.MAX_OBJECTS_TEST,
+            "score_thresh_test": p.SCORE_THRESH_TEST,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- image -> encoder memory ---------------------------------------------------------
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalise and batch the images (padded at the bottom/right)."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> encoder memory ``[B, S, D]``, its position encoding ``[B, S, D]``, padding ``[B, S]``."""
+        feature = self.backbone(images.tensor)[self.in_feature]  # [B, C, h, w]
+        b, _, h_img, w_img = images.tensor.shape
+        padding = torch.ones(b, h_img, w_img, dtype=torch.bool, device=self.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            padding[i, :h, :w] = False
+        padding = F.interpolate(padding[None].float(), size=feature.shape[-2:])[0].bool()  # [B, h, w]
+        src = self.input_proj(feature).flatten(2).transpose(1, 2)  # [B, S, D]
+        pos = sine_position_encoding(padding, src.shape[-1]).to(src.dtype)
+        padding = padding.flatten(1)
+        return self.encoder(src, pos, padding), pos, padding
+
+    # ---- training ------------------------------------------------------------------------
+    def forward(self, batched_inputs: list[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        missing = [i for i, x in enumerate(batched_inputs) if "seq_input" not in x]
+        if missing:
+            raise ValueError(
+                "Pix2Seq training inputs need 'seq_input', 'seq_target' and 'seq_weight' from "
+                f"Pix2SeqDatasetMapper; batch items {missing} have none (is the train loader using it?)"
+            )
+        memory, pos, padding = self.encode(self.preprocess_image(batched_inputs))
+        seq_input = pad_sequences([x["seq_input"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
+        seq_target = pad_sequences([x["seq_target"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
+        seq_weight = pad_sequences([x["seq_weight"] for x in batched_inputs], 0.0).to(self.device)
+        logits = self.decoder(seq_input, memory, pos, padding)  # [B, T, V]
+        return {"loss_seq": self.sequence_loss(logits, seq_target, seq_weight)}
+
+    @staticmethod
+    def sequence_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Sum of token-weighted cross-entropy divided by the total weight over all workers.
+
+        DDP averages gradients over workers, so each worker's sum is scaled by the world
+        size: the gradient then equals that of (all workers' weighted sum / total weight).
+        """
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")  # [B*T]
+        total_weight = weight.sum().detach()
+        world_size = comm.get_world_size()
+        if world_size > 1:
+            total_weight = total_weight.clone()
+            torch.distributed.all_reduce(total_weight)
+        return (ce * weight.flatten()).sum() * world_size / total_weight.clamp(min=1e-6)
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
+        images = self.preprocess_image(batched_inputs)
+        memory, pos, padding = self.encode(images)
+        decoded = greedy_decode(self.decoder, self.tokenizer, memory, pos, padding, self.max_objects_test)
+        sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
+        objects = self.tokenizer.decode(decoded.tokens, decoded.token_probs, sizes)
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            keep = objects.valid[i] & (objects.scores[i] > self.score_thresh_test)
+            inst = Instances(image_size)
+            inst.pred_boxes = Boxes(objects.boxes[i][keep])
+            inst.scores = objects.scores[i][keep]
+            inst.pred_classes = objects.classes[i][keep]
+            if do_postprocess:
+                height = batched_inputs[i].get("height", image_size[0])
+                width = batched_inputs[i].get("width", image_size[1])
+                inst = detector_postprocess(inst, height, width)
+            results.append({"instances": inst})
+        return results

@@ -1,0 +1,302 @@
+"""The Pix2Seq transformer: a DETR-layout encoder over image features and a causal token decoder.
+
+Layer layout follows DETR (``self_attn``, ``multihead_attn``, ``linear1/2``, ``norm1/2/3``;
+post-norm by default, pre-norm optional) so that public checkpoints can be mapped onto it.
+The decoder supports two ways of running:
+
+* ``forward(tokens, memory)``: all positions at once with a causal mask (training, and the
+  reference path that recomputes the whole prefix);
+* ``start(memory)`` then ``step(token, cache)``: one position at a time with a preallocated
+  key/value cache for self-attention, and the encoder memory projected into cross-attention
+  keys/values once per image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sine_position_encoding(padding_mask: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """2-D sine position encoding normalised by each image's own (unpadded) extent.
+
+    Args:
+        padding_mask: bool ``[B, H, W]``, True on batch padding.
+        dim: encoding size (half for y, half for x).
+    Returns:
+        float ``[B, H*W, dim]``.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"position encoding size must be divisible by 4, got {dim}")
+    not_pad = (~padding_mask).float()
+    eps = 1e-6
+    y = not_pad.cumsum(1)  # [B, H, W]
+    x = not_pad.cumsum(2)
+    y = (y - 0.5) / (y[:, -1:, :] + eps) * 2 * math.pi
+    x = (x - 0.5) / (x[:, :, -1:] + eps) * 2 * math.pi
+    half = dim // 2
+    freq = temperature ** (2 * (torch.arange(half, device=padding_mask.device) // 2) / half)  # [half]
+    pos_x = x[..., None] / freq  # [B, H, W, half]
+    pos_y = y[..., None] / freq
+    pos_x = torch.stack([pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()], dim=-1).flatten(3)
+    pos_y = torch.stack([pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()], dim=-1).flatten(3)
+    return torch.cat([pos_y, pos_x], dim=-1).flatten(1, 2)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention on ``scaled_dot_product_attention``, with the projections exposed
+    so that keys/values can be computed once and cached."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # [B, T, D] -> [B, H, T, D/H]
+        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Heads-split ``q [B,H,Tq,Dh]``, ``k/v [B,H,Tk,Dh]`` -> ``[B, Tq, D]``."""
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
+        b, h, t, dh = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, h * dh))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        q = self.split_heads(self.q_proj(query))
+        k = self.split_heads(self.k_proj(key))
+        v = self.split_heads(self.v_proj(value))
+        return self.attend(q, k, v, attn_mask, is_causal)
+
+
+class FeedForward(nn.Module):
+    """The position-wise MLP of a transformer layer (DETR's ``linear1``/``linear2`` names)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention over image positions (padding masked) + FFN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        # src, pos: [B, S, D]; attn_mask: bool [B, 1, 1, S], True = may attend
+        x = self.norm1(src) if self.pre_norm else src
+        src = src + self.dropout(self.self_attn(x + pos, x + pos, x, attn_mask))
+        src = src if self.pre_norm else self.norm1(src)
+        x = self.norm2(src) if self.pre_norm else src
+        src = src + self.dropout(self.ffn(x))
+        return src if self.pre_norm else self.norm2(src)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of encoder layers (with a final norm in the pre-norm layout)."""
+
+    def __init__(self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """``src``/``pos`` ``[B, S, D]``, ``padding_mask`` bool ``[B, S]`` (True on padding) -> ``[B, S, D]``."""
+        attn_mask = (~padding_mask)[:, None, None, :]
+        for layer in self.layers:
+            src = layer(src, pos, attn_mask)
+        return self.norm(src)
+
+
+@dataclass
+class DecoderCache:
+    """Everything the decoder keeps between steps for a batch of images.
+
+    ``self_k``/``self_v`` are preallocated to the longest sequence; ``length`` positions
+    are filled. ``cross_k``/``cross_v`` hold the encoder memory projected once per image.
+    """
+
+    self_k: torch.Tensor  # [L, B, H, T_max, Dh]
+    self_v: torch.Tensor  # [L, B, H, T_max, Dh]
+    cross_k: torch.Tensor  # [L, B, H, S, Dh]
+    cross_v: torch.Tensor  # [L, B, H, S, Dh]
+    memory_mask: torch.Tensor  # bool [B, 1, 1, S], True = may attend
+    length: int = 0
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention over tokens, cross-attention to the image, FFN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.multihead_attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of the encoder memory, ``[B, H, S, Dh]`` each."""
+        attn = self.multihead_attn
+        return attn.split_heads(attn.k_proj(memory + memory_pos)), attn.split_heads(attn.v_proj(memory))
+
+    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(block(norm(x)))
+        return norm(x + self.dropout(block(x)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_k: torch.Tensor,
+        memory_v: torch.Tensor,
+        memory_mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        layer_index: int = 0,
+    ) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``. With ``cache``, ``x`` holds the next ``T`` positions
+        and their keys/values are appended to the cache's slots for ``layer_index``."""
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            attn = self.self_attn
+            q, k, v = (attn.split_heads(proj(h)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            if cache is None:
+                return attn.attend(q, k, v, is_causal=True)
+            start, end = cache.length, cache.length + h.shape[1]
+            cache.self_k[layer_index, :, :, start:end] = k
+            cache.self_v[layer_index, :, :, start:end] = v
+            k_all = cache.self_k[layer_index, :, :, :end]
+            v_all = cache.self_v[layer_index, :, :, :end]
+            # A single new position may see every cached one; several new ones need the causal
+            # mask shifted by the cached prefix.
+            mask = None
+            if end - start > 1:
+                mask = torch.ones(end - start, end, dtype=torch.bool, device=h.device).tril(diagonal=start)
+            return attn.attend(q, k_all, v_all, attn_mask=mask)
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            q = self.multihead_attn.split_heads(self.multihead_attn.q_proj(h))
+            return self.multihead_attn.attend(q, memory_k, memory_v, attn_mask=memory_mask)
+
+        x = self._residual(x, self.norm1, self_attention)
+        x = self._residual(x, self.norm2, cross_attention)
+        return self._residual(x, self.norm3, self.ffn)
+
+
+class TokenDecoder(nn.Module):
+    """Autoregressive decoder: token + learned position embeddings -> layers -> vocabulary logits."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        num_layers: int,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        share_embedding: bool,
+    ):
+        super().__init__()
+        self.max_len = max_len
+        self.num_heads = num_heads
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(DecoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.output_proj = None if share_embedding else nn.Linear(dim, vocab_size, bias=False)
+        self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        nn.init.normal_(self.token_embed.weight, std=dim**-0.5)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        weight = self.token_embed.weight if self.output_proj is None else self.output_proj.weight
+        return F.linear(x, weight, self.output_bias)
+
+    def _embed(self, tokens: torch.Tensor, offset: int) -> torch.Tensor:
+        t = tokens.shape[1]
+        if offset + t > self.max_len:
+            raise ValueError(f"sequence of {offset + t} tokens exceeds the decoder's max length {self.max_len}")
+        pos = torch.arange(offset, offset + t, device=tokens.device)
+        return self.dropout(self.token_embed(tokens) + self.pos_embed(pos))
+
+    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the encoder memory projected into cross-attention keys/values."""
+        return [layer.memory_kv(memory, memory_pos) for layer in self.layers]
+
+    def forward(
+        self, tokens: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, memory_padding: torch.Tensor
+    ) -> torch.Tensor:
+        """All positions at once: ``tokens [B, T]``, ``memory [B, S, D]`` -> logits ``[B, T, V]``."""
+        memory_mask = (~memory_padding)[:, None, None, :]
+        x = self._embed(tokens, 0)
+        for layer, (mk, mv) in zip(self.layers, self.memory_kv(memory, memory_pos)):
+            x = layer(x, mk, mv, memory_mask)
+        return self._logits(x)
+
+    def start(
+        self, memory: torch.Tensor, memory_pos: torch.Tensor, memory_padding: torch.Tensor, max_len: int | None = None
+    ) -> DecoderCache:
+        """An empty cache for ``memory [B, S, D]`` holding up to ``max_len`` positions."""
+        max_len = self.max_len if max_len is None else max_len
+        b, _, d = memory.shape
+        kv = self.memory_kv(memory, memory_pos)
+        shape = (len(self.layers), b, self.num_heads, max_len, d // self.num_heads)
+        return DecoderCache(
+            self_k=memory.new_empty(shape),
+            self_v=memory.new_empty(shape),
+            cross_k=torch.stack([k for k, _ in kv]),
+            cross_v=torch.stack([v for _, v in kv]),
+            memory_mask=(~memory_padding)[:, None, None, :],
+        )
+
+    def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Feed the next positions ``tokens [B, T]`` (usually T = 1) -> their logits ``[B, T, V]``."""
+        x = self._embed(tokens, cache.length)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache.cross_k[i], cache.cross_v[i], cache.memory_mask, cache=cache, layer_index=i)
+        cache.length += tokens.shape[1]
+        return self._logits(x)

@@ -1,0 +1,30 @@
+"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pix2seq_d2",
+    version="0.1.0",
+    description="Pix2Seq (a language modeling framework for object detection) as a Detectron2 extension",
+    packages=find_packages(include=["pix2seq_d2", "pix2seq_d2.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # detectron2's own runtime dependencies (the PyPI build is installed without them)
+        "Pillow",
+        "matplotlib",
+        "pycocotools",
+        "termcolor",
+        "yacs",
+        "tabulate",
+        "cloudpickle",
+        "tqdm",
+        "tensorboard",
+        "fvcore",
+        "iopath",
+        "omegaconf>=2.1,<2.4",
+        "hydra-core",
+        "black",
+        "packaging",
+        "opencv-python-headless",
+    ],
+    extras_require={"dev": ["pytest", "ruff"]},
+)

@@ -1,4 +1,5 @@
 """Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README)."""
+
 from setuptools import find_packages, setup
 
 setup(

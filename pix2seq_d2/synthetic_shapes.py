@@ -180,12 +180,8 @@ def _sample_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
     Returned at supersampled resolution ``S = image_size * _SUPERSAMPLE``; its colours
     are muted (low saturation) so that the saturated objects stand out.
     """
-    c0 = np.array(
-        _hsv_color(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.2, 0.9)), float
-    )
-    c1 = np.array(
-        _hsv_color(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.2, 0.9)), float
-    )
+    c0 = np.array(_hsv_color(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.2, 0.9)), float)
+    c1 = np.array(_hsv_color(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.2, 0.9)), float)
     angle = rng.uniform(0.0, 2.0 * math.pi)
     coords = (np.arange(image_size, dtype=np.float64) + 0.5) / image_size
     ramp = math.cos(angle) * coords[None, :] + math.sin(angle) * coords[:, None]
@@ -197,13 +193,9 @@ def _sample_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
         phase = rng.uniform(0.0, 2.0 * math.pi)
         amplitude = rng.uniform(-12.0, 12.0, size=3)
         u = 2.0 * math.pi * freq * coords
-        wave = np.sin(
-            math.cos(theta) * u[None, :] + math.sin(theta) * u[:, None] + phase
-        )
+        wave = np.sin(math.cos(theta) * u[None, :] + math.sin(theta) * u[:, None] + phase)
         background += wave[..., None] * amplitude
-    small = Image.fromarray(
-        np.clip(np.rint(background), 0, 255).astype(np.uint8), "RGB"
-    )
+    small = Image.fromarray(np.clip(np.rint(background), 0, 255).astype(np.uint8), "RGB")
     size = image_size * _SUPERSAMPLE
     return np.asarray(small.resize((size, size), Image.Resampling.BILINEAR)).copy()
 
@@ -229,17 +221,13 @@ def _sample_lines(rng: np.random.Generator, image_size: int) -> list[_Line]:
     return lines
 
 
-def _pick_color(
-    rng: np.random.Generator, references: Sequence[np.ndarray]
-) -> tuple[int, int, int]:
+def _pick_color(rng: np.random.Generator, references: Sequence[np.ndarray]) -> tuple[int, int, int]:
     """A saturated colour far from every reference colour (best of a few draws)."""
     best, best_distance = (255, 0, 0), -1.0
     for _ in range(_COLOUR_TRIES):
         color = _hsv_color(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
         rgb = np.array(color, float)
-        distance = min(
-            (float(np.linalg.norm(rgb - ref)) for ref in references), default=1e9
-        )
+        distance = min((float(np.linalg.norm(rgb - ref)) for ref in references), default=1e9)
         if distance > best_distance:
             best, best_distance = color, distance
         if distance >= _MIN_COLOUR_DISTANCE:
@@ -260,9 +248,7 @@ def _visible_extent_ok(visible: np.ndarray, tolerance: int) -> bool:
     )
 
 
-def _place_shapes(
-    rng: np.random.Generator, image_size: int, background: np.ndarray
-) -> tuple[list[_Shape], list[int]]:
+def _place_shapes(rng: np.random.Generator, image_size: int, background: np.ndarray) -> tuple[list[_Shape], list[int]]:
     """Draw the objects of one image; return them and their visible areas (supersampled px)."""
     s = _SUPERSAMPLE
     size = image_size * s
@@ -277,11 +263,7 @@ def _place_shapes(
         for _try in range(_PLACEMENT_TRIES):
             # Draws happen in the same order whatever the class, so the stream stays aligned.
             side = rng.uniform(_MIN_REL_SIZE, _MAX_REL_SIZE) * image_size
-            aspect = math.exp(
-                rng.uniform(
-                    math.log(_TRIANGLE_ASPECT[0]), math.log(_TRIANGLE_ASPECT[1])
-                )
-            )
+            aspect = math.exp(rng.uniform(math.log(_TRIANGLE_ASPECT[0]), math.log(_TRIANGLE_ASPECT[1])))
             fx, fy = rng.random(), rng.random()
             w_px = side
             h_px = side
@@ -298,9 +280,7 @@ def _place_shapes(
             region = owner[y0 : y0 + h, x0 : x0 + w]
             hidden = region[mask]
             lost = np.bincount(hidden[hidden >= 0], minlength=len(shapes))
-            if _occlusion_ok(
-                shapes, visible, full, lost, owner, candidate, mask, tolerance
-            ):
+            if _occlusion_ok(shapes, visible, full, lost, owner, candidate, mask, tolerance):
                 break
         else:
             continue  # no valid placement: this object is not drawn
@@ -348,9 +328,7 @@ def _occlusion_ok(
             iy0 - candidate.y0 : iy1 - candidate.y0,
             ix0 - candidate.x0 : ix1 - candidate.x0,
         ]
-        still[
-            iy0 - other.y0 : iy1 - other.y0, ix0 - other.x0 : ix1 - other.x0
-        ] &= ~covered
+        still[iy0 - other.y0 : iy1 - other.y0, ix0 - other.x0 : ix1 - other.x0] &= ~covered
         if not _visible_extent_ok(still, tolerance):
             return False
     return True
@@ -376,9 +354,7 @@ def _render(
     pixels = np.array(canvas)
     for shape in shapes:
         pixels[shape.y0 : shape.y1, shape.x0 : shape.x1][shape.mask()] = shape.color
-    small = Image.fromarray(pixels, "RGB").resize(
-        (image_size, image_size), Image.Resampling.LANCZOS
-    )
+    small = Image.fromarray(pixels, "RGB").resize((image_size, image_size), Image.Resampling.LANCZOS)
     out = np.asarray(small, dtype=np.float32)
     if noise_sigma > 0:
         if rng is None:
@@ -387,9 +363,7 @@ def _render(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _generate_image(
-    rng: np.random.Generator, image_size: int
-) -> tuple[np.ndarray, list[_Shape], list[int]]:
+def _generate_image(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, list[_Shape], list[int]]:
     """One random image: pixels, objects and their visible areas (supersampled px)."""
     background = _sample_background(rng, image_size)
     lines = _sample_lines(rng, image_size)
@@ -417,10 +391,7 @@ def _is_up_to_date(json_file: str, spec: ShapesSplitSpec) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     expected = _info(spec)
-    return all(
-        info.get(key) == expected[key]
-        for key in ("generator_version", "seed", "num_images", "image_size")
-    )
+    return all(info.get(key) == expected[key] for key in ("generator_version", "seed", "num_images", "image_size"))
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -437,9 +408,7 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def generate_shapes_split(
-    root: str | os.PathLike[str], split: str, spec: ShapesSplitSpec
-) -> tuple[str, str]:
+def generate_shapes_split(root: str | os.PathLike[str], split: str, spec: ShapesSplitSpec) -> tuple[str, str]:
     """Write one split (images and COCO json) under ``root`` unless it is already there.
 
     Images go to ``<root>/<split>/XXXXXX.jpg`` (named by image id, from 1) and the
@@ -469,9 +438,7 @@ def generate_shapes_split(
         pixels, shapes, visible = _generate_image(rng, spec.image_size)
         file_name = f"{image_id:06d}.jpg"
         buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(
-            buffer, "JPEG", quality=_JPEG_QUALITY, subsampling=0
-        )
+        Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=_JPEG_QUALITY, subsampling=0)
         _write_atomically(os.path.join(image_root, file_name), buffer.getvalue())
         images.append(
             {
@@ -496,14 +463,9 @@ def generate_shapes_split(
         "info": _info(spec),
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"}
-            for i, name in enumerate(SHAPE_CLASSES)
-        ],
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)],
     }
-    _write_atomically(
-        json_file, json.dumps(dataset, separators=(",", ":")).encode("utf-8")
-    )
+    _write_atomically(json_file, json.dumps(dataset, separators=(",", ":")).encode("utf-8"))
     return json_file, image_root
 
 
@@ -548,9 +510,7 @@ def register_shapes_datasets(root: str | os.PathLike[str] | None = None) -> None
     root = os.fspath(root) if root is not None else default_shapes_root()
     metadata = {
         "thing_classes": list(SHAPE_CLASSES),
-        "thing_dataset_id_to_contiguous_id": {
-            i + 1: i for i in range(len(SHAPE_CLASSES))
-        },
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPE_CLASSES))},
     }
     for name, spec in SHAPES_SPLITS.items():
         if name in DatasetCatalog:
@@ -576,7 +536,5 @@ def ensure_shapes_generated(name: str) -> None:
         raise KeyError(f"dataset {name!r} is not registered")
     loader = DatasetCatalog[name]
     if not isinstance(loader, _LazyShapesLoader):
-        raise TypeError(
-            f"dataset {name!r} was not registered by register_shapes_datasets()"
-        )
+        raise TypeError(f"dataset {name!r} was not registered by register_shapes_datasets()")
     loader.generate()

@@ -79,8 +79,7 @@ class Pix2SeqTokenizer:
 
     def __repr__(self) -> str:
         return (
-            f"Pix2SeqTokenizer(num_classes={self.num_classes}, num_bins={self.num_bins}, "
-            f"vocab_size={self.vocab_size})"
+            f"Pix2SeqTokenizer(num_classes={self.num_classes}, num_bins={self.num_bins}, vocab_size={self.vocab_size})"
         )
 
     # ---- vocabulary ranges -------------------------------------------------------------
@@ -150,7 +149,8 @@ class Pix2SeqTokenizer:
         class_lo, class_hi = self.class_token_range()
         coords = objs[..., :CLASS_SLOT]
         cls_tok = objs[..., CLASS_SLOT]
-        well_formed = ((coords >= coord_lo) & (coords < coord_hi)).all(-1) & (cls_tok >= class_lo) & (cls_tok < class_hi)
+        coords_ok = ((coords >= coord_lo) & (coords < coord_hi)).all(-1)
+        well_formed = coords_ok & (cls_tok >= class_lo) & (cls_tok < class_hi)
         # An object counts only if no EOS appeared at or before any of its tokens.
         eos_seen = (tokens[:, : k * TOKENS_PER_OBJECT] == self.EOS).cumsum(-1).reshape(n, k, TOKENS_PER_OBJECT)
         valid = well_formed & (eos_seen[..., -1] == 0)
@@ -161,7 +161,8 @@ class Pix2SeqTokenizer:
         y0 = yxyx[..., 0] * hw[..., 0]
         x1 = yxyx[..., 3] * hw[..., 1]
         y1 = yxyx[..., 2] * hw[..., 0]
-        boxes = torch.stack([torch.minimum(x0, x1), torch.minimum(y0, y1), torch.maximum(x0, x1), torch.maximum(y0, y1)], -1)
+        corners = [torch.minimum(x0, x1), torch.minimum(y0, y1), torch.maximum(x0, x1), torch.maximum(y0, y1)]
+        boxes = torch.stack(corners, -1)
         classes = torch.where(valid, cls_tok - class_lo, torch.full_like(cls_tok, -1))
         scores = torch.where(valid, probs[..., CLASS_SLOT], torch.zeros_like(probs[..., CLASS_SLOT]))
         return DecodedObjects(boxes=boxes, classes=classes, scores=scores, valid=valid)

@@ -35,8 +35,7 @@ def _load(json_file: str) -> dict:
 
 def _pixels(image_root: str, dataset: dict) -> list[np.ndarray]:
     return [
-        np.asarray(Image.open(os.path.join(image_root, im["file_name"])).convert("RGB"))
-        for im in dataset["images"]
+        np.asarray(Image.open(os.path.join(image_root, im["file_name"])).convert("RGB")) for im in dataset["images"]
     ]
 
 
@@ -46,9 +45,7 @@ def small_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return generate_shapes_split(root, "tiny", SMALL)
 
 
-def test_paths_and_default_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_paths_and_default_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     assert default_shapes_root() == os.path.join(str(tmp_path), "pix2seq_shapes")
     json_file, image_root = shapes_split_paths(tmp_path, "tiny")
@@ -63,9 +60,7 @@ def test_json_is_valid_coco(small_split: tuple[str, str]) -> None:
     json_file, image_root = small_split
     coco = COCO(json_file)
     assert sorted(coco.getImgIds()) == list(range(1, SMALL.num_images + 1))
-    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == list(
-        SHAPE_CLASSES
-    )
+    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == list(SHAPE_CLASSES)
     assert sorted(coco.getCatIds()) == list(range(1, len(SHAPE_CLASSES) + 1))
     info = coco.dataset["info"]
     assert info["seed"] == SMALL.seed
@@ -93,9 +88,7 @@ def test_objects_and_boxes(small_split: tuple[str, str]) -> None:
         assert all(isinstance(v, float) for v in ann["bbox"])
         assert x >= 0 and y >= 0 and x + w <= size and y + h <= size
         for side in (w, h):
-            assert (
-                0.1 * size - SIZE_TOLERANCE_PX <= side <= 0.5 * size + SIZE_TOLERANCE_PX
-            )
+            assert 0.1 * size - SIZE_TOLERANCE_PX <= side <= 0.5 * size + SIZE_TOLERANCE_PX
         assert ann["iscrowd"] == 0
         # visible area: at least half of the shape (a triangle fills half its box)
         assert 0.2 * w * h <= ann["area"] <= w * h
@@ -104,9 +97,7 @@ def test_objects_and_boxes(small_split: tuple[str, str]) -> None:
     assert seen == set(SHAPE_CLASSES)
     for ann in dataset["annotations"]:
         if names[ann["category_id"]] != "triangle":
-            assert (
-                ann["bbox"][2] == ann["bbox"][3]
-            )  # circles and squares are not stretched
+            assert ann["bbox"][2] == ann["bbox"][3]  # circles and squares are not stretched
 
 
 def test_deterministic(tmp_path: Path) -> None:
@@ -130,31 +121,23 @@ def test_second_call_is_noop(tmp_path: Path) -> None:
 
 def test_regenerates_when_parameters_change(tmp_path: Path) -> None:
     json_file, _ = generate_shapes_split(tmp_path, "tiny", SMALL)
-    bigger = ShapesSplitSpec(
-        num_images=SMALL.num_images + 2, seed=SMALL.seed, image_size=64
-    )
+    bigger = ShapesSplitSpec(num_images=SMALL.num_images + 2, seed=SMALL.seed, image_size=64)
     generate_shapes_split(tmp_path, "tiny", bigger)
     assert len(_load(json_file)["images"]) == bigger.num_images
     assert _load(json_file)["info"]["num_images"] == bigger.num_images
 
 
 def test_different_seed_gives_different_content(tmp_path: Path) -> None:
-    other = ShapesSplitSpec(
-        num_images=SMALL.num_images, seed=SMALL.seed + 1, image_size=64
-    )
+    other = ShapesSplitSpec(num_images=SMALL.num_images, seed=SMALL.seed + 1, image_size=64)
     json_a, root_a = generate_shapes_split(tmp_path / "a", "tiny", SMALL)
     json_b, root_b = generate_shapes_split(tmp_path / "b", "tiny", other)
     da, db = _load(json_a), _load(json_b)
     assert da["annotations"] != db["annotations"]
     pixels_a, pixels_b = _pixels(root_a, da), _pixels(root_b, db)
-    assert not any(
-        np.array_equal(a, b) for a, b in zip(pixels_a, pixels_b, strict=True)
-    )
+    assert not any(np.array_equal(a, b) for a, b in zip(pixels_a, pixels_b, strict=True))
 
 
-def test_interrupted_generation_writes_no_json(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_writes_no_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = synthetic_shapes._generate_image
     calls = []
 
@@ -184,9 +167,7 @@ def test_bbox_is_tight(category: int, offset: int) -> None:
     background = np.full((size * ss, size * ss, 3), gray, dtype=np.uint8)
     # Corners off the final pixel grid (offset is in supersampled pixels).
     x0, y0 = 37 + offset, 50 + 2 * offset
-    shape = synthetic_shapes._Shape(
-        category, x0, y0, x0 + 101 + offset, y0 + 93 - offset, (230, 20, 40)
-    )
+    shape = synthetic_shapes._Shape(category, x0, y0, x0 + 101 + offset, y0 + 93 - offset, (230, 20, 40))
     pixels = synthetic_shapes._render(background, [], [shape], size, 0.0, None)
     # A pixel is "object" when at least ~1/4 covered by the colour (red channel 128 -> 230).
     ys, xs = np.nonzero(np.abs(pixels.astype(int) - gray).max(axis=2) > 25)
@@ -199,9 +180,7 @@ def test_bbox_is_tight(category: int, offset: int) -> None:
 
 
 @pytest.fixture
-def registered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Path, dict[str, ShapesSplitSpec]]]:
+def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, dict[str, ShapesSplitSpec]]]:
     """Registers tiny shapes_train / shapes_val under tmp_path; restores the catalogs after."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -211,10 +190,7 @@ def registered(
     }
     monkeypatch.setattr(synthetic_shapes, "SHAPES_SPLITS", splits)
     # Set aside any registration done elsewhere (e.g. at import time).
-    saved = {
-        name: (DatasetCatalog.pop(name, None), MetadataCatalog.pop(name, None))
-        for name in splits
-    }
+    saved = {name: (DatasetCatalog.pop(name, None), MetadataCatalog.pop(name, None)) for name in splits}
     yield tmp_path, splits
     for name, (loader, metadata) in saved.items():
         DatasetCatalog.pop(name, None)

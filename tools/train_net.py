@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train or evaluate Pix2Seq with detectron2's launcher (any number of GPUs, machines, or CPU workers).
 
-    python tools/train_net.py --config-file configs/pix2seq_R50.yaml --num-gpus 8
-    python tools/train_net.py --config-file configs/pix2seq_R50.yaml --eval-only MODEL.WEIGHTS model.pth
+python tools/train_net.py --config-file configs/pix2seq_R50.yaml --num-gpus 8
+python tools/train_net.py --config-file configs/pix2seq_R50.yaml --eval-only MODEL.WEIGHTS model.pth
 """
 
 from __future__ import annotations

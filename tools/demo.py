@@ -70,6 +70,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="output folder (or file, for a single input)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score to draw")
+    parser.add_argument(
+        "--min-output-size", type=int, default=480, help="draw small images enlarged to this longest side (px)"
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
@@ -86,7 +89,8 @@ def main(args: argparse.Namespace) -> list[str]:
         image = read_image(path, format="BGR")
         instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= args.confidence_threshold]
-        drawing = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        scale = max(1.0, args.min_output_size / max(image.shape[:2]))
+        drawing = Visualizer(image[:, :, ::-1], metadata, scale=scale).draw_instance_predictions(instances)
         target = output_path(args.output, path, len(paths))
         drawing.save(target)
         written.append(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -135,3 +136,44 @@ def test_overfit_two_images_then_decode_their_boxes_and_classes_end_to_end(two_i
     assert results["bbox"]["AP50"] == pytest.approx(100.0)
     assert results["bbox"]["AP"] > 60
     assert "detectron2._C" not in sys.modules  # nothing on this path needs the C++ extension
+
+
+def _loss_worker(rank: int, world_size: int, init_file: str, shards: list, out_dir: str) -> None:
+    """One GLOO worker: its shard's loss through a shared parameter, gradients averaged as DDP does."""
+    import torch.distributed as dist
+
+    from pix2seq_d2.model import Pix2Seq
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    features, target, weight = shards[rank]
+    projection = torch.nn.Parameter(torch.linspace(-1, 1, 8 * 5).reshape(8, 5))
+    Pix2Seq.sequence_loss(features @ projection, target, weight).backward()
+    dist.all_reduce(projection.grad)
+    projection.grad /= world_size
+    torch.save(projection.grad, os.path.join(out_dir, f"grad{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_loss_normalisation_across_workers_matches_one_process_over_the_whole_batch(tmp_path):
+    """Two real GLOO workers with unequal token weights: the averaged gradient must equal the
+    gradient of one process computing the weighted mean over both workers' tokens."""
+    gen = torch.Generator().manual_seed(0)
+    shards = []
+    for batch, length in ((3, 6), (1, 2)):  # worker 1 has far fewer tokens than worker 0
+        features = torch.randn(batch, length, 8, generator=gen)
+        target = torch.randint(0, 5, (batch, length), generator=gen)
+        weight = torch.rand(batch, length, generator=gen)
+        shards.append((features, target, weight))
+    torch.multiprocessing.spawn(
+        _loss_worker, args=(2, str(tmp_path / "init"), shards, str(tmp_path)), nprocs=2, join=True
+    )
+    grads = [torch.load(tmp_path / f"grad{rank}.pt") for rank in range(2)]
+    torch.testing.assert_close(grads[0], grads[1])
+
+    projection = torch.nn.Parameter(torch.linspace(-1, 1, 8 * 5).reshape(8, 5))
+    logits = torch.cat([(f @ projection).flatten(0, 1) for f, _, _ in shards])
+    target = torch.cat([t.flatten() for _, t, _ in shards])
+    weight = torch.cat([w.flatten() for _, _, w in shards])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    ((ce * weight).sum() / weight.sum()).backward()
+    torch.testing.assert_close(grads[0], projection.grad)

@@ -36,12 +36,33 @@ def add_pix2seq_config(cfg: CN) -> None:
     # ---- loss ----
     # Weight of the end-of-sequence target token (real object tokens weigh 1).
     p.EOS_WEIGHT = 1.0
-    # ---- decoding (inference) ----
-    # At most this many objects are decoded per image; decoding of an image stops earlier
-    # at its own EOS.
+    # ---- decoding (inference); TEST.DETECTIONS_PER_IMAGE caps the detections returned ----
+    # At most this many objects are decoded per image.
     p.MAX_OBJECTS_TEST = 100
     # Detections scoring below this are dropped from the returned Instances.
     p.SCORE_THRESH_TEST = 0.0
+    p.DECODE = CN()
+    d = p.DECODE
+    # "greedy": the most likely allowed token; "sample": sampling shaped by TEMPERATURE,
+    # TOP_K and TOP_P (the paper's best: nucleus sampling with TOP_P 0.4); "beam": beam search.
+    d.STRATEGY = "greedy"
+    d.TEMPERATURE = 1.0  # sample: logits are divided by it; 0 is greedy
+    d.TOP_K = 0  # sample: only the K most likely allowed tokens (0: no limit)
+    d.TOP_P = 1.0  # sample: only the smallest set of tokens holding this probability (1: no limit)
+    d.SEED = -1  # sample: seed for reproducible sampling (< 0: torch's global RNG)
+    d.BEAM_SIZE = 4  # beam: hypotheses kept per image
+    # beam: finished hypotheses rank by log-probability / num_objects ** LENGTH_PENALTY
+    # (0 prefers short sequences; 1 ranks by mean log-probability per object).
+    d.LENGTH_PENALTY = 1.0
+    # True: an image stops at its own EOS. False: EOS is never generated and every image gets
+    # exactly MAX_OBJECTS_TEST objects (what sequence-augmented models need; rank by SCORE).
+    d.STOP_AT_EOS = True
+    # Whether class slots may generate the noise ("fake") class token. Either way the reported
+    # class is the most likely real class of the class slot.
+    d.ALLOW_NOISE_CLASS = False
+    # Detection score: "class" = probability of the reported class; "class_x_coords" = that
+    # times the probabilities of the four generated coordinate tokens.
+    d.SCORE = "class"
 
     # A ResNet of BasicBlocks with configurable widths, for small images and CPU training
     # (detectron2's build_resnet_backbone fixes R18/R34 at 64 stem channels).

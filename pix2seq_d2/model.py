@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from torch import nn
 
-from .decoding import greedy_decode
+from .decoding import DecodedSequences, DecodingOptions, decode
 from .tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
 from .transformer import TokenDecoder, TransformerEncoder, sine_position_encoding
 
@@ -44,8 +44,10 @@ class Pix2Seq(nn.Module):
         tokenizer: Pix2SeqTokenizer,
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
-        max_objects_test: int,
+        decoding: DecodingOptions,
+        score_mode: str = "class",
         score_thresh_test: float = 0.0,
+        detections_per_image: int = 100,
     ):
         super().__init__()
         self.backbone = backbone
@@ -55,8 +57,10 @@ class Pix2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.tokenizer = tokenizer
-        self.max_objects_test = max_objects_test
+        self.decoding = decoding
+        self.score_mode = score_mode
         self.score_thresh_test = score_thresh_test
+        self.detections_per_image = detections_per_image
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -84,8 +88,10 @@ class Pix2Seq(nn.Module):
             "tokenizer": tokenizer,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "max_objects_test": p.MAX_OBJECTS_TEST,
+            "decoding": DecodingOptions.from_config(cfg),
+            "score_mode": p.DECODE.SCORE,
             "score_thresh_test": p.SCORE_THRESH_TEST,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
     @property
@@ -143,17 +149,35 @@ class Pix2Seq(nn.Module):
             torch.distributed.all_reduce(total_weight)
         return (ce * weight.flatten()).sum() * world_size / total_weight.clamp(min=1e-6)
 
-    # ---- inference -----------------------------------------------------------------------
+    # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
-    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
+    def generate(
+        self, batched_inputs: list[dict], options: DecodingOptions | None = None
+    ) -> tuple[DecodedSequences, ImageList]:
+        """Decode token sequences for images, outside of the detection output format.
+
+        Args:
+            batched_inputs: dicts with an ``"image"`` tensor (CHW, ``INPUT.FORMAT``), as for ``forward``.
+            options: decoding options; default: the model's (``MODEL.PIX2SEQ.DECODE``).
+        Returns:
+            The generated tokens with their per-token log-probabilities (and the class-slot
+            log-probabilities), and the batched images (their ``image_sizes`` normalise boxes).
+        """
         images = self.preprocess_image(batched_inputs)
         memory, pos, padding = self.encode(images)
-        decoded = greedy_decode(self.decoder, self.tokenizer, memory, pos, padding, self.max_objects_test)
+        return decode(self.decoder, self.tokenizer, memory, pos, padding, options or self.decoding), images
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
+        sequences, images = self.generate(batched_inputs)
         sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
-        objects = self.tokenizer.decode(decoded.tokens, decoded.token_probs, sizes)
+        objects = self.tokenizer.decode(
+            sequences.tokens, sequences.token_logprobs, sequences.class_logprobs, sizes, self.score_mode
+        )
         results = []
         for i, image_size in enumerate(images.image_sizes):
-            keep = objects.valid[i] & (objects.scores[i] > self.score_thresh_test)
+            keep = (objects.valid[i] & (objects.scores[i] > self.score_thresh_test)).nonzero()[:, 0]
+            keep = keep[objects.scores[i][keep].argsort(descending=True)[: self.detections_per_image]]
             inst = Instances(image_size)
             inst.pred_boxes = Boxes(objects.boxes[i][keep])
             inst.scores = objects.scores[i][keep]

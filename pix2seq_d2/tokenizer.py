@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 TOKENS_PER_OBJECT = 5
+SCORE_MODES = ("class", "class_x_coords")
 # Positions inside an object: 0..3 are coordinates (ymin, xmin, ymax, xmax), 4 the class.
 CLASS_SLOT = 4
 
@@ -46,13 +47,13 @@ class TokenizedObjects:
 class DecodedObjects:
     """Objects read back from token sequences, one row per object slot.
 
-    ``valid`` marks slots whose five tokens form a real object (coordinates in the
-    coordinate slots, a dataset class in the class slot, before any EOS).
+    ``valid`` marks slots whose five tokens form an object (coordinates in the coordinate
+    slots, a dataset class or the noise class in the class slot, before any EOS).
     """
 
     boxes: torch.Tensor  # float [N, K, 4] x0 y0 x1 y1 in pixels of the given image sizes
     classes: torch.Tensor  # int64 [N, K] contiguous dataset class ids (-1 where not valid)
-    scores: torch.Tensor  # float [N, K] probability of the class token
+    scores: torch.Tensor  # float [N, K] detection scores (0 where not valid)
     valid: torch.Tensor  # bool [N, K]
 
 
@@ -129,31 +130,38 @@ class Pix2SeqTokenizer:
     def decode(
         self,
         tokens: torch.Tensor,
-        class_probs: torch.Tensor,
+        token_logprobs: torch.Tensor,
+        class_logprobs: torch.Tensor,
         image_sizes: torch.Tensor,
+        score: str = "class",
     ) -> DecodedObjects:
         """Generated tokens -> boxes, classes and scores, for a batch, without per-object loops.
 
         Args:
             tokens: int64 ``[N, 5K]`` generated tokens (START not included).
-            class_probs: float ``[N, 5K]`` the probability the model gave to each generated
-                token; the value at class slots is the object's score.
+            token_logprobs: float ``[N, 5K]`` log-probability of each generated token.
+            class_logprobs: float ``[N, >=K, C]`` log-probabilities of the real classes at each
+                class slot (full-vocabulary softmax). The reported class is their argmax.
             image_sizes: ``[N, 2]`` (height, width) used to turn normalised coordinates into pixels.
+            score: "class" (probability of the reported class) or "class_x_coords" (times the
+                probabilities of the object's four coordinate tokens).
         """
+        if score not in SCORE_MODES:
+            raise ValueError(f"unknown score mode {score!r}; known: {SCORE_MODES}")
         n, length = tokens.shape
         k = length // TOKENS_PER_OBJECT
         objs = tokens[:, : k * TOKENS_PER_OBJECT].reshape(n, k, TOKENS_PER_OBJECT)
-        probs = class_probs[:, : k * TOKENS_PER_OBJECT].reshape(n, k, TOKENS_PER_OBJECT)
+        logprobs = token_logprobs[:, : k * TOKENS_PER_OBJECT].reshape(n, k, TOKENS_PER_OBJECT)
 
         coord_lo, coord_hi = self.coord_token_range()
         class_lo, class_hi = self.class_token_range()
         coords = objs[..., :CLASS_SLOT]
         cls_tok = objs[..., CLASS_SLOT]
         coords_ok = ((coords >= coord_lo) & (coords < coord_hi)).all(-1)
-        well_formed = coords_ok & (cls_tok >= class_lo) & (cls_tok < class_hi)
+        class_ok = ((cls_tok >= class_lo) & (cls_tok < class_hi)) | (cls_tok == self.NOISE)
         # An object counts only if no EOS appeared at or before any of its tokens.
         eos_seen = (tokens[:, : k * TOKENS_PER_OBJECT] == self.EOS).cumsum(-1).reshape(n, k, TOKENS_PER_OBJECT)
-        valid = well_formed & (eos_seen[..., -1] == 0)
+        valid = coords_ok & class_ok & (eos_seen[..., -1] == 0)
 
         yxyx = self.dequantize((coords - coord_lo).clamp(0, self.num_bins - 1))  # [N, K, 4]
         hw = image_sizes.to(yxyx).reshape(n, 1, 2)
@@ -163,6 +171,9 @@ class Pix2SeqTokenizer:
         y1 = yxyx[..., 2] * hw[..., 0]
         corners = [torch.minimum(x0, x1), torch.minimum(y0, y1), torch.maximum(x0, x1), torch.maximum(y0, y1)]
         boxes = torch.stack(corners, -1)
-        classes = torch.where(valid, cls_tok - class_lo, torch.full_like(cls_tok, -1))
-        scores = torch.where(valid, probs[..., CLASS_SLOT], torch.zeros_like(probs[..., CLASS_SLOT]))
+        class_logprob, classes = class_logprobs[:, :k].max(-1)  # [N, K]
+        if score == "class_x_coords":
+            class_logprob = class_logprob + logprobs[..., :CLASS_SLOT].sum(-1)
+        classes = torch.where(valid, classes, torch.full_like(classes, -1))
+        scores = torch.where(valid, class_logprob.exp(), torch.zeros_like(class_logprob))
         return DecodedObjects(boxes=boxes, classes=classes, scores=scores, valid=valid)

@@ -24,6 +24,19 @@ from .dataset_mapper import Pix2SeqDatasetMapper
 from .solver import build_lr_scheduler, build_optimizer
 
 
+def share_cpu_threads_among_workers() -> int:
+    """Give each local CPU worker an equal share of the cores (at least one thread).
+
+    Several workers that each use every core oversubscribe the machine, and their OpenMP
+    threads spin against each other: on 2 cores, two GLOO workers ran inference 20x slower.
+    Does nothing with GPUs or a single worker. Returns the number of threads now used.
+    """
+    workers = comm.get_local_size()
+    if workers > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    return torch.get_num_threads()
+
+
 def wrap_distributed(model: nn.Module) -> nn.Module:
     """DDP over all workers (no-op for one); ``device_ids`` only for a model on a GPU."""
     on_gpu = next(model.parameters()).device.type == "cuda"

@@ -160,6 +160,17 @@ class DecoderCache:
     memory_mask: torch.Tensor  # bool [B, 1, 1, S], True = may attend
     length: int = 0
 
+    def select(self, rows: torch.Tensor, memory_unchanged: bool = False) -> None:
+        """Keep (and reorder to) batch ``rows``; only the filled positions are copied.
+        ``memory_unchanged``: the cross-attention keys/values are the same for the new rows."""
+        n, t = rows.numel(), self.length
+        self.self_k[:, :n, :, :t] = self.self_k[:, rows, :, :t]
+        self.self_v[:, :n, :, :t] = self.self_v[:, rows, :, :t]
+        self.self_k, self.self_v = self.self_k[:, :n], self.self_v[:, :n]
+        if not memory_unchanged:
+            self.cross_k, self.cross_v = self.cross_k[:, rows], self.cross_v[:, rows]
+            self.memory_mask = self.memory_mask[rows]
+
 
 class DecoderLayer(nn.Module):
     """Causal self-attention over tokens, cross-attention to the image, FFN."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -38,7 +39,7 @@ def test_config_builds_a_model_that_runs(path):
     assert model.tokenizer.num_bins == cfg.MODEL.PIX2SEQ.NUM_BINS
     size = cfg.INPUT.MIN_SIZE_TEST // 4  # a small image keeps the test fast for every config
     with torch.no_grad():
-        model.max_objects_test = 1
+        model.decoding = dataclasses.replace(model.decoding, max_objects=1)
         out = model([{"image": torch.zeros(3, size, size, dtype=torch.uint8), "height": 20, "width": 20}])
     assert out[0]["instances"].image_size == (20, 20)
 

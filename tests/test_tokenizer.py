@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pix2seq_d2.tokenizer import CLASS_SLOT, TOKENS_PER_OBJECT, Pix2SeqTokenizer
+from pix2seq_d2.tokenizer import Pix2SeqTokenizer
 
 
 def test_vocabulary_layout_is_contiguous_and_disjoint():
@@ -67,13 +67,31 @@ def test_encode_decode_round_trip_boxes_within_half_a_bin():
     boxes[0] = torch.tensor([0.0, 0.0, w, h])  # boundaries
     classes = torch.randint(0, 5, (20,), generator=gen)
     tokens = tok.encode(boxes, classes, (h, w)).target[:-1][None]  # [1, 100] without EOS
-    probs = torch.rand(tokens.shape, generator=gen)
-    out = tok.decode(tokens, probs, torch.tensor([[h, w]]))
+    logprobs = torch.rand(tokens.shape, generator=gen).log()
+    class_logprobs = torch.nn.functional.one_hot(classes, 5)[None].float().log()  # certain of each class
+    out = tok.decode(tokens, logprobs, class_logprobs, torch.tensor([[h, w]]))
     assert out.valid.all()
     assert torch.equal(out.classes[0], classes)
     half_bin = torch.tensor([w, h, w, h]) / 64 / 2
     assert ((out.boxes[0] - boxes).abs() <= half_bin + 1e-4).all()
-    assert torch.equal(out.scores[0], probs[0, CLASS_SLOT::TOKENS_PER_OBJECT])
+    assert torch.equal(out.scores[0], torch.ones(20))
+
+
+def test_reported_class_and_score_come_from_the_class_slot_distribution():
+    tok = Pix2SeqTokenizer(num_classes=3, num_bins=10)
+    c = tok.coord_offset
+    # The generated class token is the noise class; the reported class is the most likely real one.
+    tokens = torch.tensor([[c + 1, c + 1, c + 5, c + 5, tok.NOISE]])
+    coord_logprobs = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    logprobs = torch.cat([coord_logprobs, torch.log(torch.tensor([0.9]))])[None]
+    class_logprobs = torch.log(torch.tensor([[[0.02, 0.06, 0.02]]]))  # noise took the remaining 0.9
+    out = tok.decode(tokens, logprobs, class_logprobs, torch.tensor([[10, 10]]))
+    assert out.valid.tolist() == [[True]] and out.classes.tolist() == [[1]]
+    assert out.scores.item() == pytest.approx(0.06)
+    product = tok.decode(tokens, logprobs, class_logprobs, torch.tensor([[10, 10]]), score="class_x_coords")
+    assert product.scores.item() == pytest.approx(0.06 * 0.5**4)
+    with pytest.raises(ValueError, match="unknown score mode"):
+        tok.decode(tokens, logprobs, class_logprobs, torch.tensor([[10, 10]]), score="max")
 
 
 def test_decode_marks_objects_after_eos_and_malformed_objects_invalid():
@@ -87,7 +105,9 @@ def test_decode_marks_objects_after_eos_and_malformed_objects_invalid():
             good + [tok.EOS] + [tok.PAD] * 4 + good,  # everything after EOS is ignored
         ]
     )
-    out = tok.decode(rows, torch.ones(rows.shape), torch.tensor([[10, 10], [10, 10]]))
+    class_logprobs = torch.full((2, 3, 3), -5.0)
+    class_logprobs[..., 1] = -0.1
+    out = tok.decode(rows, torch.zeros(rows.shape), class_logprobs, torch.tensor([[10, 10], [10, 10]]))
     assert out.valid.tolist() == [[True, False, True], [True, False, False]]
     assert out.classes.tolist() == [[1, -1, 1], [1, -1, -1]]
     assert out.scores[1, 1:].eq(0).all()

@@ -14,6 +14,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from pix2seq_d2 import Pix2SeqTrainer, add_pix2seq_config
+from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
 def setup(args) -> CfgNode:
@@ -23,6 +24,7 @@ def setup(args) -> CfgNode:
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    share_cpu_threads_among_workers()
     return cfg
 
 

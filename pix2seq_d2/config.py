@@ -48,7 +48,9 @@ def add_pix2seq_config(cfg: CN) -> None:
     d.STRATEGY = "greedy"
     d.TEMPERATURE = 1.0  # sample: logits are divided by it; 0 is greedy
     d.TOP_K = 0  # sample: only the K most likely allowed tokens (0: no limit)
-    d.TOP_P = 1.0  # sample: only the smallest set of tokens holding this probability (1: no limit)
+    # sample: only the smallest set of tokens holding this probability (the paper's nucleus
+    # sampling uses 0.4; 1.0: no limit)
+    d.TOP_P = 0.4
     d.SEED = -1  # sample: seed for reproducible sampling (< 0: torch's global RNG)
     d.BEAM_SIZE = 4  # beam: hypotheses kept per image
     # beam: finished hypotheses rank by log-probability / num_objects ** LENGTH_PENALTY

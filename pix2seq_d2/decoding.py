@@ -38,7 +38,7 @@ class DecodingOptions:
     strategy: str = "greedy"  # "greedy", "sample" or "beam"
     temperature: float = 1.0  # sample: logits / temperature (0 = greedy)
     top_k: int = 0  # sample: keep the k most likely allowed tokens (0 = all)
-    top_p: float = 1.0  # sample: keep the smallest set with this much probability (nucleus)
+    top_p: float = 0.4  # sample: keep the smallest set with this much probability (nucleus; paper: 0.4)
     beam_size: int = 4  # beam: hypotheses kept per image
     length_penalty: float = 1.0  # beam: finished hypotheses rank by logprob / num_objects**penalty
     max_objects: int = 100  # objects decoded at most per image

@@ -33,6 +33,7 @@ def encoded(model, sizes=SIZES):
 
 def run(model, enc, use_cache=True, return_logits=False, **options):
     options.setdefault("max_objects", 4)
+    options.setdefault("top_p", 1.0)  # plain sampling unless a test asks for a nucleus
     return decode(model.decoder, model.tokenizer, *enc, DecodingOptions(**options), use_cache, return_logits)
 
 
@@ -279,6 +280,24 @@ def test_model_generate_gives_the_same_tokens_batched_and_alone(eos_model):
         single, _ = model.generate([single_input])
         n = single.tokens.shape[1]
         assert torch.equal(batch.tokens[i, :n], single.tokens[0])
+
+
+def test_detections_per_image_caps_the_output_highest_scores_first(eos_model):
+    model, _ = eos_model
+    torch.manual_seed(2)
+    inputs = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)} for _ in range(3)]
+    original = model.decoding, model.detections_per_image
+    model.decoding = dataclasses.replace(model.decoding, stop_at_eos=False, max_objects=8)
+    try:
+        everything = model(inputs)
+        model.detections_per_image = 3
+        capped = model(inputs)
+    finally:  # the model is shared by the module's tests
+        model.decoding, model.detections_per_image = original
+    for full, top in zip(everything, capped):
+        full, top = full["instances"], top["instances"]
+        assert len(full) > 3 and len(top) == 3
+        assert top.scores.tolist() == sorted(full.scores.tolist(), reverse=True)[:3]
 
 
 # ---- options ---------------------------------------------------------------------------------

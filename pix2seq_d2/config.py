@@ -17,9 +17,21 @@ def add_pix2seq_config(cfg: CN) -> None:
     p.NUM_BINS = 1000
     # Objects per training sequence: an image with more keeps a random subset of this many.
     p.MAX_OBJECTS = 100
-    # Order of the objects in a training sequence: "random" (re-drawn every time an image
-    # is loaded; the paper's best), or "none" (the annotation file's order).
+    # Order of the objects in a sequence: "random" (re-drawn every time an image is loaded in
+    # training, the paper's best; the file's order at test), "area" (largest first),
+    # "distance" (top-left corner nearest the image's origin first), or "none" (file order).
     p.OBJECT_ORDER = "random"
+    # Sequence augmentation: noise objects fill every training sequence up to MAX_OBJECTS
+    # (see pix2seq_d2/sequence_augmentation.py). Models trained with it should be decoded with
+    # DECODE.STOP_AT_EOS False.
+    p.SEQ_AUG = CN()
+    p.SEQ_AUG.ENABLED = False
+    p.SEQ_AUG.NOISE_CLASS_WEIGHT = 1.0  # loss weight of a noise object's (NOISE) class target
+    # Input class tokens: "none", "rand_cls", "real_n_fake_cls", "rand_n_fake_cls" (official
+    # default) or "real_n_rand_n_fake_cls".
+    p.SEQ_AUG.CLASS_CORRUPTION = "rand_n_fake_cls"
+    p.SEQ_AUG.JITTER = 0.2  # "jitter" noise boxes: edges moved by N(0, JITTER x box size)
+    p.SEQ_AUG.DUPLICATE_JITTER = 0.05  # "duplicate" noise boxes: edges moved by N(0, this x size)
     # ---- backbone feature and transformer ----
     # Which backbone output feeds the transformer encoder (e.g. "res5" of a ResNet).
     p.IN_FEATURE = "res5"

@@ -5,7 +5,8 @@ the augmentations (``ResizeShortestEdge`` + ``RandomFlip`` from ``INPUT.*`` by d
 transforms the boxes, drops crowd and degenerate boxes (including boxes entirely outside
 the image), orders the objects (randomly in training), keeps at most ``MAX_OBJECTS`` and
 tokenizes them into ``seq_input`` / ``seq_target`` / ``seq_weight`` (see
-:mod:`pix2seq_d2.tokenizer`).
+:mod:`pix2seq_d2.tokenizer`), in training with sequence augmentation when enabled (see
+:mod:`pix2seq_d2.sequence_augmentation`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,25 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from .sequence_augmentation import SequenceAugmentation
 from .tokenizer import Pix2SeqTokenizer
 
 __all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS"]
 
 logger = logging.getLogger(__name__)
 
-OBJECT_ORDERS = ("random", "none")
+
+def _top_left_distance(boxes: torch.Tensor) -> torch.Tensor:
+    return boxes[:, :2].norm(dim=1)
+
+
+# Object order -> the permutation of an image's boxes [n, 4] (x0 y0 x1 y1) into sequence order.
+OBJECT_ORDERS = {
+    "random": lambda boxes: torch.randperm(len(boxes)),
+    "area": lambda boxes: torch.argsort((boxes[:, 2:] - boxes[:, :2]).prod(1), descending=True, stable=True),
+    "distance": lambda boxes: torch.argsort(_top_left_distance(boxes), stable=True),
+    "none": lambda boxes: torch.arange(len(boxes)),
+}
 
 
 class Pix2SeqDatasetMapper:
@@ -47,6 +60,7 @@ class Pix2SeqDatasetMapper:
         tokenizer: Pix2SeqTokenizer,
         max_objects: int,
         object_order: str = "random",
+        sequence_augmentation: SequenceAugmentation | None = None,
         use_annotations: bool | None = None,
     ):
         """
@@ -56,18 +70,20 @@ class Pix2SeqDatasetMapper:
             image_format: an ``INPUT.FORMAT`` such as "BGR" or "RGB".
             tokenizer: turns the objects into tokens.
             max_objects: at most this many objects per sequence.
-            object_order: "random" shuffles the objects of every training example; "none" keeps
-                the dataset's order. At test time the dataset's order is always kept.
+            object_order: a key of ``OBJECT_ORDERS``. "random" shuffles the objects of every
+                training example and keeps the dataset's order at test time.
+            sequence_augmentation: fills training sequences with noise objects (None: off).
             use_annotations: tokenize annotations; defaults to ``is_train``.
         """
         if object_order not in OBJECT_ORDERS:
-            raise ValueError(f"object order must be one of {OBJECT_ORDERS}, got {object_order!r}")
+            raise ValueError(f"object order must be one of {sorted(OBJECT_ORDERS)}, got {object_order!r}")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.tokenizer = tokenizer
         self.max_objects = max_objects
-        self.object_order = object_order if is_train else "none"
+        self.object_order = "none" if object_order == "random" and not is_train else object_order
+        self.sequence_augmentation = sequence_augmentation if is_train else None
         self.use_annotations = is_train if use_annotations is None else use_annotations
         mode = "training" if is_train else "inference"
         logger.info(f"[Pix2SeqDatasetMapper] augmentations used in {mode}: {augmentations}")
@@ -75,6 +91,15 @@ class Pix2SeqDatasetMapper:
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
         p = cfg.MODEL.PIX2SEQ
+        seq_aug = None
+        if p.SEQ_AUG.ENABLED:
+            seq_aug = SequenceAugmentation(
+                max_objects=p.MAX_OBJECTS,
+                noise_class_weight=p.SEQ_AUG.NOISE_CLASS_WEIGHT,
+                class_corruption=p.SEQ_AUG.CLASS_CORRUPTION,
+                jitter=p.SEQ_AUG.JITTER,
+                duplicate_jitter=p.SEQ_AUG.DUPLICATE_JITTER,
+            )
         return {
             "is_train": is_train,
             "augmentations": utils.build_augmentation(cfg, is_train),
@@ -82,6 +107,7 @@ class Pix2SeqDatasetMapper:
             "tokenizer": Pix2SeqTokenizer(p.NUM_CLASSES, p.NUM_BINS, p.EOS_WEIGHT),
             "max_objects": p.MAX_OBJECTS,
             "object_order": p.OBJECT_ORDER,
+            "sequence_augmentation": seq_aug,
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -99,7 +125,12 @@ class Pix2SeqDatasetMapper:
             return dataset_dict
         instances = self.transform_annotations(annotations, transforms, image_hw)
         instances = self.order_and_truncate(instances)
-        tokens = self.tokenizer.encode(instances.gt_boxes.tensor, instances.gt_classes, image_hw)
+        if self.sequence_augmentation is not None:
+            tokens = self.sequence_augmentation.encode(
+                self.tokenizer, instances.gt_boxes.tensor, instances.gt_classes, image_hw
+            )
+        else:
+            tokens = self.tokenizer.encode(instances.gt_boxes.tensor, instances.gt_classes, image_hw)
         dataset_dict["instances"] = instances
         dataset_dict["seq_input"] = tokens.input
         dataset_dict["seq_target"] = tokens.target
@@ -119,7 +150,6 @@ class Pix2SeqDatasetMapper:
         return instances[instances.gt_boxes.nonempty()]
 
     def order_and_truncate(self, instances: Instances) -> Instances:
-        """Shuffle (random order) and keep at most ``max_objects`` objects."""
-        if self.object_order == "random":
-            instances = instances[torch.randperm(len(instances))]
-        return instances[: self.max_objects]
+        """Put the objects in sequence order and keep at most ``max_objects`` of them."""
+        order = OBJECT_ORDERS[self.object_order](instances.gt_boxes.tensor)
+        return instances[order][: self.max_objects]

@@ -1,7 +1,8 @@
 """``Pix2SeqTrainer``: detectron2's ``DefaultTrainer`` wired to the Pix2Seq data, solver and evaluation.
 
 Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). It differs in four places:
-the Pix2Seq dataset mapper for train and test loaders, ``COCOEvaluator`` for every dataset,
+the Pix2Seq dataset mapper for train and test loaders, ``COCOEvaluator`` (with average
+recall added) for every dataset,
 AdamW + the Pix2Seq schedule, and a DistributedDataParallel wrapper that also works for
 CPU (GLOO) workers, for which detectron2's ``create_ddp_model`` passes invalid ``device_ids``.
 """
@@ -16,11 +17,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from torch import nn
 
 from .dataset_mapper import Pix2SeqDatasetMapper
+from .evaluation import COCOEvaluatorWithRecall
 from .solver import build_lr_scheduler, build_optimizer
 
 
@@ -75,7 +77,7 @@ class Pix2SeqTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
+        return COCOEvaluatorWithRecall(
             dataset_name,
             tasks=("bbox",),
             output_dir=output_folder,

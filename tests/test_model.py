@@ -11,11 +11,12 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data.datasets import register_coco_instances
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
+from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.solver import build_optimizer
 
 from .conftest import tiny_cfg, write_image
@@ -132,9 +133,11 @@ def test_overfit_two_images_then_decode_their_boxes_and_classes_end_to_end(two_i
         assert ((inst.scores > 0.5) & (inst.scores <= 1)).all()
 
     loader = build_detection_test_loader(dataset_dicts, mapper=Pix2SeqDatasetMapper(cfg, is_train=False), batch_size=2)
-    results = inference_on_dataset(model, loader, COCOEvaluator(dataset_name, tasks=("bbox",)))
+    results = inference_on_dataset(model, loader, COCOEvaluatorWithRecall(dataset_name, tasks=("bbox",)))
     assert results["bbox"]["AP50"] == pytest.approx(100.0)
     assert results["bbox"]["AP"] > 60
+    # recall averaged over IoU 0.5..0.95; every object is found at IoU 0.5 (AP50 = 100)
+    assert 60 < results["bbox"]["AR@100"] <= 100
     assert "detectron2._C" not in sys.modules  # nothing on this path needs the C++ extension
 
 

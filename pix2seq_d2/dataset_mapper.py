@@ -104,7 +104,7 @@ class Pix2SeqDatasetMapper:
             "is_train": is_train,
             "augmentations": utils.build_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "tokenizer": Pix2SeqTokenizer(p.NUM_CLASSES, p.NUM_BINS, p.EOS_WEIGHT),
+            "tokenizer": Pix2SeqTokenizer.from_config(cfg),
             "max_objects": p.MAX_OBJECTS,
             "object_order": p.OBJECT_ORDER,
             "sequence_augmentation": seq_aug,

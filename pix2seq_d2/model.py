@@ -73,7 +73,7 @@ class Pix2Seq(nn.Module):
                 f"MODEL.PIX2SEQ.IN_FEATURE={p.IN_FEATURE!r} is not an output of the backbone "
                 f"(it gives {sorted(backbone.output_shape())})"
             )
-        tokenizer = Pix2SeqTokenizer(p.NUM_CLASSES, p.NUM_BINS, p.EOS_WEIGHT)
+        tokenizer = Pix2SeqTokenizer.from_config(cfg)
         max_len = TOKENS_PER_OBJECT * max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) + 1
         layer_args = dict(
             dim=p.HIDDEN_DIM, num_heads=p.NUM_HEADS, ffn_dim=p.DIM_FEEDFORWARD, dropout=p.DROPOUT, pre_norm=p.PRE_NORM

@@ -78,6 +78,12 @@ class Pix2SeqTokenizer:
         self.coord_offset = self.class_offset + num_classes
         self.vocab_size = self.coord_offset + num_bins
 
+    @classmethod
+    def from_config(cls, cfg) -> Pix2SeqTokenizer:
+        """The tokenizer of ``MODEL.PIX2SEQ`` (NUM_CLASSES, NUM_BINS, EOS_WEIGHT)."""
+        p = cfg.MODEL.PIX2SEQ
+        return cls(p.NUM_CLASSES, p.NUM_BINS, p.EOS_WEIGHT)
+
     def __repr__(self) -> str:
         return (
             f"Pix2SeqTokenizer(num_classes={self.num_classes}, num_bins={self.num_bins}, vocab_size={self.vocab_size})"

@@ -23,6 +23,7 @@ import time
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 
 from pix2seq_d2 import add_pix2seq_config
 from pix2seq_d2.decoding import DecodingOptions, decode, grammar_masks
@@ -65,19 +66,15 @@ def decode_with_concat_cache(
 
 
 def build_decoder(config_file: str) -> tuple[TokenDecoder, Pix2SeqTokenizer, int]:
+    """The decoder and tokenizer of the model a config builds (random weights)."""
     cfg = get_cfg()
     add_pix2seq_config(cfg)
     cfg.merge_from_file(config_file)
-    p = cfg.MODEL.PIX2SEQ
-    if p.PRE_NORM:
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    if cfg.MODEL.PIX2SEQ.PRE_NORM:
         raise ValueError("method (b) is written for the post-norm layout")
-    tokenizer = Pix2SeqTokenizer(p.NUM_CLASSES, p.NUM_BINS)
-    max_len = TOKENS_PER_OBJECT * max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) + 1
-    decoder = TokenDecoder(
-        tokenizer.vocab_size, max_len, p.DEC_LAYERS, p.HIDDEN_DIM, p.NUM_HEADS, p.DIM_FEEDFORWARD,
-        p.DROPOUT, p.PRE_NORM, p.SHARE_EMBEDDING,
-    )  # fmt: skip
-    return decoder.eval(), tokenizer, p.HIDDEN_DIM
+    model = build_model(cfg)
+    return model.decoder.eval(), model.tokenizer, cfg.MODEL.PIX2SEQ.HIDDEN_DIM
 
 
 def timed(fn, device: torch.device, *args) -> tuple[float, torch.Tensor]:

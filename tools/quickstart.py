@@ -64,7 +64,7 @@ def main(opts: list[str]) -> dict:
         "iterations": cfg.SOLVER.MAX_ITER,
         "train_and_eval_seconds": round(train_eval_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
-        **{k.split("/")[1]: round(v, 2) for k, v in metrics.items() if k.startswith("bbox/AP")},
+        **{k.split("/")[1]: round(v, 2) for k, v in metrics.items() if k.startswith(("bbox/AP", "bbox/AR"))},
         "predictions": os.path.join(output_dir, "predictions"),
     }
     with open(os.path.join(output_dir, "quickstart_summary.json"), "w") as f:

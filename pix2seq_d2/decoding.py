@@ -172,8 +172,9 @@ class DecoderSteps:
             self.memory_padding = self.memory_padding[rows]
 
 
-def _slot_masks(tokenizer: Pix2SeqTokenizer, options: DecodingOptions, device) -> torch.Tensor:
-    return grammar_masks(tokenizer, device, allow_eos=options.stop_at_eos, allow_noise_class=options.allow_noise_class)
+def _forbidden_tokens(tokenizer: Pix2SeqTokenizer, options: DecodingOptions, device) -> torch.Tensor:
+    """bool ``[5, V]``: the tokens the grammar forbids at each slot, for these options."""
+    return ~grammar_masks(tokenizer, device, allow_eos=options.stop_at_eos, allow_noise_class=options.allow_noise_class)
 
 
 def _class_logprobs(logprobs: torch.Tensor, tokenizer: Pix2SeqTokenizer) -> torch.Tensor:
@@ -205,7 +206,7 @@ def decode(
     select = TOKEN_SELECTOR_REGISTRY.get(options.strategy)
     b, device = memory.shape[0], memory.device
     max_len = options.max_objects * TOKENS_PER_OBJECT
-    allowed = _slot_masks(tokenizer, options, device)
+    forbidden = _forbidden_tokens(tokenizer, options, device)
     generator = None
     if options.seed >= 0:
         generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -222,7 +223,7 @@ def decode(
         logits = steps.next_logits(tokens[active, : t + 1])  # [A, V]
         logprobs = logits.float().log_softmax(-1)
         slot = t % TOKENS_PER_OBJECT
-        choice = select(logits.masked_fill(~allowed[slot], float("-inf")), options, generator)  # [A]
+        choice = select(logits.masked_fill(forbidden[slot], float("-inf")), options, generator)  # [A]
         tokens[active, t + 1] = choice
         token_logprobs[active, t] = logprobs.gather(1, choice[:, None])[:, 0]
         if slot == CLASS_SLOT:
@@ -263,7 +264,7 @@ def beam_search(
     b, device = memory.shape[0], memory.device
     w, v = options.beam_size, tokenizer.vocab_size
     max_len = options.max_objects * TOKENS_PER_OBJECT
-    allowed = _slot_masks(tokenizer, options, device)
+    forbidden = _forbidden_tokens(tokenizer, options, device)
     penalty = options.length_penalty
 
     def expand(x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B*W, ...], beams of an image adjacent
@@ -316,7 +317,7 @@ def beam_search(
             class_logprobs[:, t // TOKENS_PER_OBJECT] = _class_logprobs(logprobs, tokenizer)
         if all_logits is not None:
             all_logits[:, t] = logits
-        masked = logprobs.masked_fill(~allowed[slot], float("-inf"))
+        masked = logprobs.masked_fill(forbidden[slot], float("-inf"))
         candidates = (beam_scores.reshape(-1, 1) + masked).reshape(b, w * v)
         top_scores, top_index = candidates.topk(min(2 * w, w * v), dim=-1)  # [B, 2W]
         parent = top_index // v + torch.arange(b, device=device)[:, None] * w  # flat rows

@@ -26,6 +26,8 @@ setup(
         "black",
         "packaging",
         "opencv-python-headless",
+        # C++ COCO evaluation, same numbers as pycocotools (TEST.COCO_EVAL_BACKEND, pix2seq_d2/evaluation.py)
+        "faster-coco-eval",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
 )

@@ -8,6 +8,7 @@ datasets (generated on first use under ``$DETECTRON2_DATASETS/pix2seq_shapes``).
 from .config import add_pix2seq_config
 from .dataset_mapper import Pix2SeqDatasetMapper
 from .model import Pix2Seq
+from .predictor import Pix2SeqPredictor
 from .small_resnet import build_small_resnet_backbone
 from .synthetic_shapes import register_shapes_datasets
 from .tokenizer import Pix2SeqTokenizer
@@ -19,6 +20,7 @@ __all__ = [
     "add_pix2seq_config",
     "Pix2Seq",
     "Pix2SeqDatasetMapper",
+    "Pix2SeqPredictor",
     "Pix2SeqTokenizer",
     "Pix2SeqTrainer",
     "build_small_resnet_backbone",

@@ -41,6 +41,9 @@ def add_pix2seq_config(cfg: CN) -> None:
     p.DEC_LAYERS = 6
     p.DIM_FEEDFORWARD = 1024
     p.DROPOUT = 0.1
+    # Stochastic depth: each residual branch of every encoder/decoder layer is dropped for this
+    # fraction of the samples in training (the paper uses 0.1); 0 turns it off.
+    p.DROP_PATH = 0.0
     # Layer norm before (True) or after (False, DETR's layout) each attention/FFN block.
     p.PRE_NORM = False
     # Tie the decoder's output projection to its token embedding (the official release does).
@@ -88,8 +91,67 @@ def add_pix2seq_config(cfg: CN) -> None:
     s.NORM = "BN"
     s.OUT_FEATURES = ["res5"]
 
+    # Evaluate the validation sequences' likelihood (NLL/perplexity by token kind, class accuracy;
+    # see pix2seq_d2/sequence_likelihood.py) next to COCO AP. The test mapper then also
+    # tokenizes the annotations.
+    cfg.TEST.SEQ_LIKELIHOOD = True
+
+    # An exponential moving average of the weights, updated every step, saved in checkpoints
+    # ("ema") and used for evaluation (see pix2seq_d2/ema.py).
+    cfg.MODEL.EMA = CN()
+    cfg.MODEL.EMA.ENABLED = False
+    cfg.MODEL.EMA.DECAY = 0.9999
+
+    # Mixed precision (SOLVER.AMP.ENABLED, detectron2's key): the autocast dtype. "auto" is
+    # float16 with gradient scaling on a GPU and bfloat16 (no scaling) on the CPU.
+    cfg.SOLVER.AMP.PRECISION = "auto"
+
     # AdamW and the linear-decay schedule (SOLVER.LR_SCHEDULER_NAME = "WarmupLinearDecayLR").
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # The learning rate at the end of "WarmupLinearDecayLR", as a fraction of BASE_LR.
     cfg.SOLVER.END_LR_FACTOR = 0.01
+
+    # ---- training image augmentation (pix2seq_d2/augmentation.py) ----
+    # All off by default: detectron2's ResizeShortestEdge (INPUT.MIN/MAX_SIZE_TRAIN) + RandomFlip.
+    # Large-scale jitter (the paper's): INPUT.RANDOM_FLIP, then the image is resized to fit a
+    # square of IMAGE_SIZE * s (s ~ U(MIN_SCALE, MAX_SCALE), aspect ratio kept), then a random
+    # window of at most IMAGE_SIZE x IMAGE_SIZE is cropped (no pixel padding: the model pads the
+    # batch and masks it). Replaces MIN/MAX_SIZE_TRAIN. Test images still use MIN/MAX_SIZE_TEST:
+    # set both to IMAGE_SIZE (longest side IMAGE_SIZE, as LSJ at scale 1).
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.ENABLED = False
+    cfg.INPUT.LSJ.IMAGE_SIZE = 640
+    cfg.INPUT.LSJ.MIN_SCALE = 0.3  # the paper's scale range: 0.3 - 2.0
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    # Colour distortion, after the geometric ops, in random order: brightness, contrast and
+    # saturation factors drawn from [max(0, 1 - x), 1 + x], a hue rotation from [-HUE, HUE] turns
+    # of the colour wheel (at most 0.5); 0 turns an op off. Needs INPUT.FORMAT "BGR" or "RGB".
+    cfg.INPUT.COLOR_JITTER = CN()
+    cfg.INPUT.COLOR_JITTER.ENABLED = False
+    cfg.INPUT.COLOR_JITTER.BRIGHTNESS = 0.4
+    cfg.INPUT.COLOR_JITTER.CONTRAST = 0.4
+    cfg.INPUT.COLOR_JITTER.SATURATION = 0.4
+    cfg.INPUT.COLOR_JITTER.HUE = 0.1
+    # Multi-crop: each training image is read once and augmented NUM_VIEWS times independently
+    # (each view with its own object order and sequence); the model trains on every view, so a
+    # step sees SOLVER.IMS_PER_BATCH x NUM_VIEWS sequences. 1: off.
+    cfg.INPUT.MULTI_CROP = CN()
+    cfg.INPUT.MULTI_CROP.NUM_VIEWS = 1
+
+    # COCO API that computes the box AP/AR (see pix2seq_d2/evaluation.py): "pycocotools" (the
+    # official one), "faster_coco_eval" (same numbers, C++, several times faster; an error if the
+    # package is missing) or "auto" (faster_coco_eval when installed, else pycocotools + a warning).
+    cfg.TEST.COCO_EVAL_BACKEND = "auto"
+
+
+def load_config(config_file: str | None, opts: list | tuple = ()) -> CN:
+    """detectron2's defaults + :func:`add_pix2seq_config`, then ``config_file`` and ``opts``
+    (``KEY VALUE ...``); an unknown key is a ``ValueError`` naming it and its file. Not frozen."""
+    from detectron2.config import get_cfg
+
+    from .input_checks import merge_config_checked
+
+    cfg = get_cfg()
+    add_pix2seq_config(cfg)
+    return merge_config_checked(cfg, config_file, list(opts))

@@ -1,12 +1,20 @@
 """``Pix2SeqDatasetMapper``: a detectron2 dataset dict -> image tensor + token sequences.
 
-Reads the image with detectron2's utilities (EXIF orientation, ``INPUT.FORMAT``), applies
-the augmentations (``ResizeShortestEdge`` + ``RandomFlip`` from ``INPUT.*`` by default),
-transforms the boxes, drops crowd and degenerate boxes (including boxes entirely outside
-the image), orders the objects (randomly in training), keeps at most ``MAX_OBJECTS`` and
-tokenizes them into ``seq_input`` / ``seq_target`` / ``seq_weight`` (see
-:mod:`pix2seq_d2.tokenizer`), in training with sequence augmentation when enabled (see
-:mod:`pix2seq_d2.sequence_augmentation`).
+Reads the image with :func:`~pix2seq_d2.input_checks.read_image_checked` (EXIF orientation,
+``INPUT.FORMAT``, 16-bit and RGBA converted, unusable files named), applies
+the augmentations of :func:`~pix2seq_d2.augmentation.build_pix2seq_augmentation`
+(``ResizeShortestEdge`` + ``RandomFlip`` by default; large-scale jitter and colour jitter
+from ``INPUT.LSJ`` / ``INPUT.COLOR_JITTER``), transforms the boxes, drops crowd and
+degenerate boxes (including boxes entirely outside the image or cropped away), orders the
+objects (randomly in training), keeps at most ``MAX_OBJECTS`` and tokenizes them into
+``seq_input`` / ``seq_target`` / ``seq_weight`` (see :mod:`pix2seq_d2.tokenizer`), in
+training with sequence augmentation when enabled (see :mod:`pix2seq_d2.sequence_augmentation`).
+
+Multi-crop (``INPUT.MULTI_CROP.NUM_VIEWS`` > 1, training only): the image is read once and
+augmented into that many independent views, each with its own boxes and sequence. The
+mapper returns the first view's dict with ``"views"``, the list of every view's dict (the
+outer dict keeps ``height``/``width``/``file_name`` for aspect-ratio grouping), and
+:func:`expand_views` turns a batch of those into one entry per view.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from .augmentation import build_pix2seq_augmentation
+from .input_checks import drop_invalid_annotations, read_image_checked
 from .sequence_augmentation import SequenceAugmentation
 from .tokenizer import Pix2SeqTokenizer
 
-__all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS"]
+__all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS", "expand_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,12 @@ OBJECT_ORDERS = {
     "distance": lambda boxes: torch.argsort(_top_left_distance(boxes), stable=True),
     "none": lambda boxes: torch.arange(len(boxes)),
 }
+
+
+def expand_views(batched_inputs: list[dict]) -> list[dict]:
+    """One entry per augmented view: a multi-crop input (with ``"views"``) becomes its views,
+    any other input stays as it is. ``B`` inputs of ``V`` views each -> ``B * V`` entries."""
+    return [view for x in batched_inputs for view in x.get("views", [x])]
 
 
 class Pix2SeqDatasetMapper:
@@ -62,6 +78,7 @@ class Pix2SeqDatasetMapper:
         object_order: str = "random",
         sequence_augmentation: SequenceAugmentation | None = None,
         use_annotations: bool | None = None,
+        num_views: int = 1,
     ):
         """
         Args:
@@ -74,7 +91,11 @@ class Pix2SeqDatasetMapper:
                 training example and keeps the dataset's order at test time.
             sequence_augmentation: fills training sequences with noise objects (None: off).
             use_annotations: tokenize annotations; defaults to ``is_train``.
+            num_views: training only: independently augmented views per image (multi-crop);
+                more than 1 adds ``"views"`` to the output (see :func:`expand_views`).
         """
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
         if object_order not in OBJECT_ORDERS:
             raise ValueError(f"object order must be one of {sorted(OBJECT_ORDERS)}, got {object_order!r}")
         self.is_train = is_train
@@ -85,6 +106,7 @@ class Pix2SeqDatasetMapper:
         self.object_order = "none" if object_order == "random" and not is_train else object_order
         self.sequence_augmentation = sequence_augmentation if is_train else None
         self.use_annotations = is_train if use_annotations is None else use_annotations
+        self.num_views = num_views if is_train else 1
         mode = "training" if is_train else "inference"
         logger.info(f"[Pix2SeqDatasetMapper] augmentations used in {mode}: {augmentations}")
 
@@ -102,25 +124,37 @@ class Pix2SeqDatasetMapper:
             )
         return {
             "is_train": is_train,
-            "augmentations": utils.build_augmentation(cfg, is_train),
+            "augmentations": build_pix2seq_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
             "tokenizer": Pix2SeqTokenizer.from_config(cfg),
             "max_objects": p.MAX_OBJECTS,
             "object_order": p.OBJECT_ORDER,
             "sequence_augmentation": seq_aug,
+            "num_views": cfg.INPUT.MULTI_CROP.NUM_VIEWS,
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+        # Clear errors naming the file (BadInputError: the training loader skips the image).
+        image = read_image_checked(dataset_dict, self.image_format, self.augmentations)
+        if self.use_annotations:  # drop NaN / negative-size boxes (warning); unknown classes: error
+            drop_invalid_annotations(dataset_dict, self.tokenizer.num_classes)
+        annotations = dataset_dict.pop("annotations", None)
+        if self.num_views == 1:
+            return self.map_view(dataset_dict, image, annotations)
+        views = [self.map_view(dict(dataset_dict), image.copy(), annotations) for _ in range(self.num_views)]
+        return {**views[0], "views": views}
+
+    def map_view(self, dataset_dict: dict, image: np.ndarray, annotations: list[dict] | None) -> dict:
+        """One augmented view: ``dataset_dict`` (without "annotations", modified and returned)
+        gets the augmented ``image`` (HWC uint8, consumed) and the tokens of ``annotations``
+        (read, not modified)."""
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         image_hw = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
-        annotations = dataset_dict.pop("annotations", None)
         if not self.use_annotations or annotations is None:
             return dataset_dict
         instances = self.transform_annotations(annotations, transforms, image_hw)

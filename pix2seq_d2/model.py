@@ -17,7 +17,9 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from torch import nn
 
+from .dataset_mapper import expand_views
 from .decoding import DecodedSequences, DecodingOptions, decode
+from .input_checks import check_finite_loss
 from .tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
 from .transformer import TokenDecoder, TransformerEncoder, sine_position_encoding
 
@@ -76,7 +78,12 @@ class Pix2Seq(nn.Module):
         tokenizer = Pix2SeqTokenizer.from_config(cfg)
         max_len = TOKENS_PER_OBJECT * max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) + 1
         layer_args = dict(
-            dim=p.HIDDEN_DIM, num_heads=p.NUM_HEADS, ffn_dim=p.DIM_FEEDFORWARD, dropout=p.DROPOUT, pre_norm=p.PRE_NORM
+            dim=p.HIDDEN_DIM,
+            num_heads=p.NUM_HEADS,
+            ffn_dim=p.DIM_FEEDFORWARD,
+            dropout=p.DROPOUT,
+            pre_norm=p.PRE_NORM,
+            drop_path=p.DROP_PATH,
         )
         return {
             "backbone": backbone,
@@ -121,6 +128,7 @@ class Pix2Seq(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
+        batched_inputs = expand_views(batched_inputs)  # multi-crop: one entry per augmented view
         missing = [i for i, x in enumerate(batched_inputs) if "seq_input" not in x]
         if missing:
             raise ValueError(
@@ -128,11 +136,20 @@ class Pix2Seq(nn.Module):
                 f"Pix2SeqDatasetMapper; batch items {missing} have none (is the train loader using it?)"
             )
         memory, pos, padding = self.encode(self.preprocess_image(batched_inputs))
+        logits, seq_target, seq_weight = self.teacher_forced_logits(batched_inputs, memory, pos, padding)
+        loss = self.sequence_loss(logits, seq_target, seq_weight)
+        check_finite_loss(loss, batched_inputs)  # FloatingPointError naming the iteration and the files
+        return {"loss_seq": loss}
+
+    def teacher_forced_logits(
+        self, batched_inputs: list[dict], memory: torch.Tensor, pos: torch.Tensor, padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder fed the inputs' ``seq_input`` -> logits ``[B, T, V]``, targets ``[B, T]``
+        (PAD after each sequence's end) and target weights ``[B, T]``."""
         seq_input = pad_sequences([x["seq_input"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
         seq_target = pad_sequences([x["seq_target"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
         seq_weight = pad_sequences([x["seq_weight"] for x in batched_inputs], 0.0).to(self.device)
-        logits = self.decoder(seq_input, memory, pos, padding)  # [B, T, V]
-        return {"loss_seq": self.sequence_loss(logits, seq_target, seq_weight)}
+        return self.decoder(seq_input, memory, pos, padding), seq_target, seq_weight
 
     @staticmethod
     def sequence_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -169,7 +186,43 @@ class Pix2Seq(nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
-        sequences, images = self.generate(batched_inputs)
+        """-> ``[{"instances": Instances}]``; inputs that carry ground-truth sequences (the test
+        mapper with annotations) also get ``"sequence_likelihood"`` (see :meth:`sequence_likelihood`)."""
+        images = self.preprocess_image(batched_inputs)
+        encoded = self.encode(images)
+        sequences = decode(self.decoder, self.tokenizer, *encoded, self.decoding)
+        results = self.detections(batched_inputs, sequences, images, do_postprocess)
+        if all("seq_target" in x for x in batched_inputs):
+            for result, likelihood in zip(results, self.sequence_likelihood(batched_inputs, *encoded)):
+                result["sequence_likelihood"] = likelihood
+        return results
+
+    @torch.no_grad()
+    def sequence_likelihood(
+        self, batched_inputs: list[dict], memory: torch.Tensor, pos: torch.Tensor, padding: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per image, how likely the model finds its ground-truth sequence (teacher forcing).
+
+        Returns one dict per image over its target tokens (PAD excluded): ``target`` [T],
+        ``logprob`` [T] (log-softmax over the full vocabulary at the target) and ``argmax`` [T]
+        (the most likely token). :class:`~pix2seq_d2.sequence_likelihood.SequenceLikelihoodEvaluator`
+        turns them into NLL/perplexity per token kind and class accuracy.
+        """
+        logits, target, _ = self.teacher_forced_logits(batched_inputs, memory, pos, padding)
+        logprobs = logits.float().log_softmax(-1)  # [B, T, V]
+        target_logprob = logprobs.gather(-1, target[..., None])[..., 0]  # [B, T]
+        argmax = logprobs.argmax(-1)  # [B, T]
+        out = []
+        for i, x in enumerate(batched_inputs):
+            n = len(x["seq_target"])
+            out.append({"target": target[i, :n], "logprob": target_logprob[i, :n], "argmax": argmax[i, :n]})
+        return out
+
+    def detections(
+        self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
+    ) -> list[dict]:
+        """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
+        rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
         sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
         objects = self.tokenizer.decode(
             sequences.tokens, sequences.token_logprobs, sequences.class_logprobs, sizes, self.score_mode

@@ -1,29 +1,54 @@
 """``Pix2SeqTrainer``: detectron2's ``DefaultTrainer`` wired to the Pix2Seq data, solver and evaluation.
 
-Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). It differs in four places:
-the Pix2Seq dataset mapper for train and test loaders, ``COCOEvaluator`` (with average
-recall added) for every dataset,
-AdamW + the Pix2Seq schedule, and a DistributedDataParallel wrapper that also works for
-CPU (GLOO) workers, for which detectron2's ``create_ddp_model`` passes invalid ``device_ids``.
+Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). What it adds:
+
+* data: ``Pix2SeqDatasetMapper`` for the train and test loaders (the test mapper also
+  tokenizes annotations for the likelihood evaluator when ``TEST.SEQ_LIKELIHOOD``);
+* evaluation: ``COCOEvaluatorWithRecall`` (AP and AR) plus ``SequenceLikelihoodEvaluator``;
+  evaluation runs with the checkpointed weights (the EMA when ``MODEL.EMA.ENABLED``, rank 0's
+  BatchNorm statistics on every worker);
+* optimisation: AdamW + the Pix2Seq schedule, mixed precision (``MixedPrecisionTrainer``,
+  float16 on GPUs, bfloat16 on CPUs), the weight EMA (checkpointed as ``"ema"``);
+* distribution: a DistributedDataParallel wrapper that also works for CPU (GLOO) workers,
+  for which detectron2's ``create_ddp_model`` passes invalid ``device_ids``, and a check
+  that all workers end training with the same weights;
+* reliability: atomic, weights-only checkpoints (``Pix2SeqCheckpointer``) and a train loader
+  that ``resume_or_load`` continues where the checkpoint was written (data order,
+  augmentation and dropout randomness), so a run killed with ``kill -9`` and resumed ends
+  with the weights of an uninterrupted run (see ``pix2seq_d2/resumable_data.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import hooks as d2_hooks
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from torch import nn
 
+from .checkpoint import Pix2SeqCheckpointer
 from .dataset_mapper import Pix2SeqDatasetMapper
+from .distributed import ReplicaAgreementHook, broadcast_buffers_from_main
+from .ema import EMAHook, ModelEMA
 from .evaluation import COCOEvaluatorWithRecall
+from .mixed_precision import MixedPrecisionTrainer
+from .resumable_data import (
+    ResumableTrainLoader,
+    build_resumable_train_loader,
+    iteration_seed,
+    seed_global_rngs,
+    training_seed,
+)
+from .sequence_likelihood import SequenceLikelihoodEvaluator
 from .solver import build_lr_scheduler, build_optimizer
+from .tokenizer import Pix2SeqTokenizer
 
 
 def share_cpu_threads_among_workers() -> int:
@@ -57,32 +82,71 @@ class Pix2SeqTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_distributed(model)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = MixedPrecisionTrainer.from_config(cfg, model, data_loader, optimizer)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.ema = ModelEMA(model, cfg.MODEL.EMA.DECAY) if cfg.MODEL.EMA.ENABLED else None
+        checkpointables = {"ema": self.ema} if self.ema is not None else {}
+        self.checkpointer = Pix2SeqCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self) -> list[d2_hooks.HookBase]:
+        """detectron2's hooks, plus: with several workers, a check that they end with the same
+        weights; with ``MODEL.EMA.ENABLED``, the EMA update (before checkpointing and evaluation)
+        whose weights the evaluation hook then uses."""
+        hooks = super().build_hooks()
+        if comm.get_world_size() > 1:
+            hooks.append(ReplicaAgreementHook())
+        if self.ema is not None:
+            after_scheduler = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
+            hooks.insert(after_scheduler, EMAHook(self.ema))
+        for hook in hooks:
+            if isinstance(hook, d2_hooks.EvalHook):
+                hook._func = self._evaluation_weights(hook._func)  # EvalHook keeps its function in `_func`
+        return hooks
+
+    def _evaluation_weights(self, evaluate):
+        """``evaluate`` run with the weights that get checkpointed: the EMA when enabled, and on
+        every worker rank 0's buffers (per-worker BatchNorm statistics would otherwise make each
+        worker evaluate its shard with a slightly different model)."""
+
+        def evaluate_checkpointed_weights():
+            with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
+                broadcast_buffers_from_main(self.model)
+                return evaluate()
+
+        return evaluate_checkpointed_weights
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=Pix2SeqDatasetMapper(cfg, is_train=True))
+        # Resumable: the batches are a function of (seed, iteration); see pix2seq_d2/resumable_data.py.
+        mapper = Pix2SeqDatasetMapper(cfg, is_train=True)
+        return build_resumable_train_loader(cfg, mapper, num_classes=cfg.MODEL.PIX2SEQ.NUM_CLASSES)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=Pix2SeqDatasetMapper(cfg, is_train=False))
+        # With TEST.SEQ_LIKELIHOOD the mapper also tokenizes the annotations, for the likelihood evaluator.
+        mapper = Pix2SeqDatasetMapper(cfg, is_train=False, use_annotations=cfg.TEST.SEQ_LIKELIHOOD)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluatorWithRecall(
+        coco = COCOEvaluatorWithRecall(
             dataset_name,
             tasks=("bbox",),
             output_dir=output_folder,
             max_dets_per_image=max(100, cfg.MODEL.PIX2SEQ.MAX_OBJECTS_TEST),
+            backend=cfg.TEST.COCO_EVAL_BACKEND,
         )
+        if not cfg.TEST.SEQ_LIKELIHOOD:
+            return coco
+        return DatasetEvaluators([coco, SequenceLikelihoodEvaluator(Pix2SeqTokenizer.from_config(cfg))])
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
@@ -91,3 +155,31 @@ class Pix2SeqTrainer(DefaultTrainer):
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
         return build_lr_scheduler(cfg, optimizer)
+
+    # ---- exact resume (see pix2seq_d2/resumable_data.py and pix2seq_d2/checkpoint.py) ----------
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's resume (model, optimizer, scheduler, hooks' state, EMA, grad scaler,
+        iteration) plus the data: the train loader continues its stream at ``start_iter``."""
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            loader.start_at(self.start_iter)
+            self._trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator: restart it there
+
+    def run_step(self) -> None:
+        # Dropout & co. draw from the global RNGs: seeded from (seed, rank, iteration), a resumed
+        # run draws exactly what the uninterrupted run drew at this iteration.
+        seed = training_seed(self._trainer.data_loader, self.cfg)
+        seed_global_rngs(iteration_seed(seed, comm.get_rank(), self.iter))
+        super().run_step()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if isinstance(self._trainer.data_loader, ResumableTrainLoader):
+            state["data_loader"] = self._trainer.data_loader.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "data_loader" in state and isinstance(self._trainer.data_loader, ResumableTrainLoader):
+            self._trainer.data_loader.load_state_dict(state["data_loader"])

@@ -94,6 +94,26 @@ class MultiHeadAttention(nn.Module):
         return self.attend(q, k, v, attn_mask, is_causal)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random ``rate`` fraction of
+    the samples and scale the rest by ``1 / (1 - rate)``; the identity in eval mode."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)  # [B, 1, ...]
+        return x * keep / (1.0 - self.rate)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 class FeedForward(nn.Module):
     """The position-wise MLP of a transformer layer (DETR's ``linear1``/``linear2`` names)."""
 
@@ -110,31 +130,43 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Self-attention over image positions (padding masked) + FFN."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool, drop_path: float = 0.0):
         super().__init__()
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
         self.pre_norm = pre_norm
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         # src, pos: [B, S, D]; attn_mask: bool [B, 1, 1, S], True = may attend
         x = self.norm1(src) if self.pre_norm else src
-        src = src + self.dropout(self.self_attn(x + pos, x + pos, x, attn_mask))
+        src = src + self.drop_path(self.dropout(self.self_attn(x + pos, x + pos, x, attn_mask)))
         src = src if self.pre_norm else self.norm1(src)
         x = self.norm2(src) if self.pre_norm else src
-        src = src + self.dropout(self.ffn(x))
+        src = src + self.drop_path(self.dropout(self.ffn(x)))
         return src if self.pre_norm else self.norm2(src)
 
 
 class TransformerEncoder(nn.Module):
     """A stack of encoder layers (with a final norm in the pre-norm layout)."""
 
-    def __init__(self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
@@ -175,7 +207,7 @@ class DecoderCache:
 class DecoderLayer(nn.Module):
     """Causal self-attention over tokens, cross-attention to the image, FFN."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool, drop_path: float = 0.0):
         super().__init__()
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.multihead_attn = MultiHeadAttention(dim, num_heads, dropout)
@@ -184,6 +216,7 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
         self.pre_norm = pre_norm
 
     def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +226,8 @@ class DecoderLayer(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
         if self.pre_norm:
-            return x + self.dropout(block(norm(x)))
-        return norm(x + self.dropout(block(x)))
+            return x + self.drop_path(self.dropout(block(norm(x))))
+        return norm(x + self.drop_path(self.dropout(block(x))))
 
     def forward(
         self,
@@ -248,6 +281,7 @@ class TokenDecoder(nn.Module):
         dropout: float,
         pre_norm: bool,
         share_embedding: bool,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.max_len = max_len
@@ -255,7 +289,9 @@ class TokenDecoder(nn.Module):
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(DecoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.output_proj = None if share_embedding else nn.Linear(dim, vocab_size, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))

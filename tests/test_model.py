@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
@@ -19,44 +16,7 @@ from pix2seq_d2 import Pix2SeqDatasetMapper
 from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.solver import build_optimizer
 
-from .conftest import tiny_cfg, write_image
-
-
-def shapes_image(h: int, w: int, boxes: list[tuple[int, int, int, int]], seed: int) -> np.ndarray:
-    """Noise background with one solid, differently coloured rectangle per box."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    colors = [(250, 40, 40), (40, 250, 40), (40, 40, 250)]
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        image[y0:y1, x0:x1] = colors[i % 3]
-    return image
-
-
-@pytest.fixture
-def two_images(tmp_path):
-    """Two 80x120 (h x w) images on disk, registered as a COCO-format dataset (category ids
-    1..3, as in a json file); yields the name and its detectron2 dataset dicts."""
-    specs = [
-        [(10, 8, 50, 40, 1), (70, 30, 110, 75, 2)],  # x0 y0 x1 y1 category_id
-        [(30, 20, 90, 60, 3)],
-    ]
-    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]}
-    for image_id, objects in enumerate(specs, start=1):
-        name = f"{image_id}.png"
-        write_image(str(tmp_path / name), shapes_image(80, 120, [o[:4] for o in objects], seed=image_id))
-        coco["images"].append({"id": image_id, "file_name": name, "height": 80, "width": 120})
-        for x0, y0, x1, y1, category_id in objects:
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": category_id,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
-            })  # fmt: skip
-    json_file = tmp_path / "instances.json"
-    json_file.write_text(json.dumps(coco))
-    name = f"two_images_{tmp_path.name}"
-    register_coco_instances(name, {}, str(json_file), str(tmp_path))
-    yield name, DatasetCatalog.get(name)
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+from .conftest import tiny_cfg
 
 
 def test_training_forward_gives_finite_loss_and_gradients_reach_the_backbone(two_images):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from pix2seq_d2 import Pix2SeqTrainer, add_pix2seq_config
+from pix2seq_d2 import Pix2SeqTrainer
+from pix2seq_d2.checkpoint import load_inference_weights
+from pix2seq_d2.config import load_config
 
 D = "MODEL.PIX2SEQ.DECODE."
 SETTINGS: dict[str, list] = {
@@ -45,13 +45,10 @@ def main() -> None:
     for name, overrides in SETTINGS.items():
         if args.only and name not in args.only:
             continue
-        cfg = get_cfg()
-        add_pix2seq_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts + overrides + ["MODEL.WEIGHTS", args.weights])
+        cfg = load_config(args.config_file, args.opts + overrides + ["MODEL.WEIGHTS", args.weights])
         cfg.freeze()
         model = Pix2SeqTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_inference_weights(cfg, model)
         start = time.perf_counter()
         results = Pix2SeqTrainer.test(cfg, model)
         seconds = time.perf_counter() - start

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Draw Pix2Seq predictions on images with detectron2's Visualizer.
+"""Draw Pix2Seq predictions on images, a video or webcam frames with detectron2's visualizers.
 
     python tools/demo.py --config-file configs/quickstart/pix2seq_shapes.yaml \
         --input "datasets/pix2seq_shapes/shapes_val/00000*.jpg" --output output/quickstart/predictions \
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+    python tools/demo.py --config-file CONFIG --video-input clip.mp4 --output clip_pred.mp4 --opts MODEL.WEIGHTS W
+    python tools/demo.py --config-file CONFIG --webcam --output webcam.avi --max-frames 300 --opts MODEL.WEIGHTS W
 
 ``--input`` takes files, folders and glob patterns; ``--output`` is a folder, or a file
-name when there is a single input.
+name when there is a single input. For ``--video-input``/``--webcam``, ``--output`` is a
+video file (``.mp4``: mp4v codec, ``.avi``: MJPG) or a folder that receives ``<name>.mp4``.
+OpenCV here is headless: there is no window, so ``--output`` is always required.
 """
 
 from __future__ import annotations
@@ -14,26 +18,31 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import math
 import os
+from collections.abc import Iterator
 
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+import cv2
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import Metadata
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
-from pix2seq_d2 import add_pix2seq_config
+from pix2seq_d2 import Pix2SeqPredictor
+from pix2seq_d2.config import load_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # both write and read back with opencv-python-headless
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
+    cfg.MODEL.PIX2SEQ.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     return cfg
 
@@ -64,39 +73,153 @@ def output_path(output: str, image_path: str, num_inputs: int) -> str:
     return os.path.join(output, os.path.basename(image_path))
 
 
+def draw_scale(height: int, width: int, min_output_size: int) -> float:
+    """How much to enlarge a picture so that its longest side is at least ``min_output_size``."""
+    return max(1.0, min_output_size / max(height, width))
+
+
+def draw_image(image_bgr: np.ndarray, instances: Instances, metadata: Metadata, min_output_size: int) -> np.ndarray:
+    """Predictions drawn on one image -> an RGB picture, enlarged up to ``min_output_size``."""
+    scale = draw_scale(*image_bgr.shape[:2], min_output_size)
+    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, scale=scale)
+    return visualizer.draw_instance_predictions(instances.to("cpu")).get_image()
+
+
+def video_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    """The BGR frames of an opened ``cv2.VideoCapture`` until it runs out (or fails)."""
+    while capture.isOpened():
+        ok, frame = capture.read()
+        if not ok:
+            break
+        yield frame
+
+
+def run_on_video(
+    predictor: Pix2SeqPredictor,
+    capture: cv2.VideoCapture,
+    metadata: Metadata,
+    min_output_size: int = 0,
+    max_frames: int = 0,
+) -> Iterator[np.ndarray]:
+    """Detect objects in every frame of ``capture`` -> BGR frames with the predictions drawn.
+
+    A ``VideoVisualizer`` keeps an object's colour from frame to frame. Frames are enlarged
+    (nearest neighbour) so that their longest side is at least ``min_output_size``;
+    ``max_frames > 0`` stops after that many frames.
+    """
+    visualizer = VideoVisualizer(metadata)
+    for index, frame in enumerate(video_frames(capture)):
+        if max_frames and index >= max_frames:
+            break
+        instances = predictor(frame)["instances"].to("cpu")
+        scale = draw_scale(*frame.shape[:2], min_output_size)
+        if scale > 1:
+            size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST)
+            instances = Instances(frame.shape[:2], **instances.get_fields())
+            instances.pred_boxes = Boxes(instances.pred_boxes.tensor * scale)
+        drawing = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances).get_image()
+        yield np.ascontiguousarray(drawing[:, :, ::-1])
+
+
+def video_output_path(output: str, name: str) -> str:
+    """``--output`` for a video: a ``.mp4``/``.avi`` file as given, else a folder -> ``<folder>/<name>.mp4``."""
+    if os.path.splitext(output)[1].lower() in VIDEO_CODECS:
+        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+        return output
+    if os.path.splitext(output)[1]:
+        raise ValueError(f"--output {output!r}: video files must end in one of {sorted(VIDEO_CODECS)}")
+    os.makedirs(output, exist_ok=True)
+    return os.path.join(output, os.path.splitext(os.path.basename(name))[0] + ".mp4")
+
+
+def write_video(frames: Iterator[np.ndarray], path: str, fps: float, total: int | None = None) -> int:
+    """Write BGR frames to ``path`` with ``cv2.VideoWriter`` (codec from the extension) -> frames written."""
+    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[os.path.splitext(path)[1].lower()])
+    writer = None
+    count = 0
+    try:
+        for frame in tqdm(frames, total=total, desc="frames"):
+            if writer is None:
+                writer = cv2.VideoWriter(path, fourcc, fps, (frame.shape[1], frame.shape[0]), True)
+                if not writer.isOpened():
+                    raise RuntimeError(f"cv2.VideoWriter cannot write {path}")
+            writer.write(frame)
+            count += 1
+    except KeyboardInterrupt:  # the way to end a webcam session: keep what was recorded
+        pass
+    finally:
+        if writer is not None:
+            writer.release()
+    return count
+
+
+def process_video(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger: logging.Logger) -> list[str]:
+    """``--video-input`` or ``--webcam`` -> one output video."""
+    source = 0 if args.webcam else args.video_input
+    if not args.webcam and not os.path.isfile(args.video_input):
+        raise FileNotFoundError(f"--video-input {args.video_input!r} is not a file")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise RuntimeError(f"cv2.VideoCapture cannot open {'the webcam' if args.webcam else args.video_input}")
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and math.isfinite(fps) and fps > 0 else 30.0
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not args.webcam else 0
+        if args.max_frames:
+            total = min(total, args.max_frames) if total > 0 else args.max_frames
+        target = video_output_path(args.output, "webcam" if args.webcam else args.video_input)
+        frames = run_on_video(predictor, capture, predictor.metadata, args.min_output_size, args.max_frames)
+        count = write_video(frames, target, fps, total or None)
+    finally:
+        capture.release()
+    logger.info(f"wrote {count} frame(s) at {fps:g} fps to {target}")
+    return [target] if count else []
+
+
+def process_images(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger: logging.Logger) -> list[str]:
+    """``--input`` images -> one picture each."""
+    paths = expand_inputs(args.input)
+    written = []
+    for path in tqdm(paths, desc="demo", disable=len(paths) < 2):
+        image = read_image(path, format="BGR")
+        instances = predictor(image)["instances"]
+        drawing = draw_image(image, instances, predictor.metadata, args.min_output_size)
+        target = output_path(args.output, path, len(paths))
+        cv2.imwrite(target, drawing[:, :, ::-1])
+        written.append(target)
+        logger.log(logging.DEBUG, f"{path}: {len(instances)} detections -> {target}")
+    logger.info(f"wrote {len(written)} picture(s) to {args.output}")
+    return written
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
-    parser.add_argument("--output", required=True, help="output folder (or file, for a single input)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score to draw")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="frames of the first webcam (cv2.VideoCapture(0))")
+    parser.add_argument(
+        "--output", required=True, help="images: folder (or file, for a single input); video: .mp4/.avi file or folder"
+    )
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="sets MODEL.PIX2SEQ.SCORE_THRESH_TEST")
     parser.add_argument(
         "--min-output-size", type=int, default=480, help="draw small images enlarged to this longest side (px)"
     )
+    parser.add_argument("--max-frames", type=int, default=0, help="video/webcam: stop after this many frames (0: all)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
 
 def main(args: argparse.Namespace) -> list[str]:
+    """Run the demo; returns the paths written (pictures, or the one output video)."""
     setup_logger(name="fvcore")
     logger = setup_logger()
-    cfg = setup_cfg(args)
-    predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    paths = expand_inputs(args.input)
-    written = []
-    for path in tqdm(paths, desc="demo", disable=len(paths) < 2):
-        image = read_image(path, format="BGR")
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= args.confidence_threshold]
-        scale = max(1.0, args.min_output_size / max(image.shape[:2]))
-        drawing = Visualizer(image[:, :, ::-1], metadata, scale=scale).draw_instance_predictions(instances)
-        target = output_path(args.output, path, len(paths))
-        drawing.save(target)
-        written.append(target)
-        logger.log(logging.DEBUG, f"{path}: {len(instances)} detections -> {target}")
-    logger.info(f"wrote {len(written)} picture(s) to {args.output}")
-    return written
+    predictor = Pix2SeqPredictor(setup_cfg(args))
+    if args.input:
+        return process_images(args, predictor, logger)
+    return process_video(args, predictor, logger)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     python tools/quickstart.py [KEY VALUE ...]   # optional config overrides
 
 Runs tools/train_net.py (training ends with COCOEvaluator on shapes_val; detectron2 writes
-the numbers to OUTPUT_DIR/metrics.json), then tools/demo.py on a few validation images,
-and prints a summary that is also saved as OUTPUT_DIR/quickstart_summary.json.
+the numbers to OUTPUT_DIR/metrics.json), then tools/demo.py on a few validation images and
+tools/plot_metrics.py (OUTPUT_DIR/metrics.png), and prints a summary that is also saved as
+OUTPUT_DIR/quickstart_summary.json.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import subprocess
 import sys
 import time
 
-from detectron2.config import get_cfg
-
-from pix2seq_d2 import add_pix2seq_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.synthetic_shapes import shapes_split_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +36,7 @@ def final_metrics(output_dir: str) -> dict:
 
 
 def main(opts: list[str]) -> dict:
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(opts)
+    cfg = load_config(CONFIG, opts)
     output_dir = cfg.OUTPUT_DIR
     start = time.time()
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--config-file", CONFIG, *opts],
@@ -57,6 +53,9 @@ def main(opts: list[str]) -> dict:
          "--opts", *opts, "MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth")],
         check=True,
     )  # fmt: skip
+    curves = os.path.join(output_dir, "metrics.png")
+    plot = [sys.executable, os.path.join(REPO_ROOT, "tools", "plot_metrics.py"), output_dir, "--output", curves]
+    subprocess.run(plot, check=True)
     metrics = final_metrics(output_dir)
     summary = {
         "config": os.path.relpath(CONFIG, REPO_ROOT),
@@ -65,7 +64,9 @@ def main(opts: list[str]) -> dict:
         "train_and_eval_seconds": round(train_eval_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
         **{k.split("/")[1]: round(v, 2) for k, v in metrics.items() if k.startswith(("bbox/AP", "bbox/AR"))},
+        **{k: round(v, 3) for k, v in metrics.items() if k.startswith("seq_likelihood/")},
         "predictions": os.path.join(output_dir, "predictions"),
+        "training_curves": curves,
     }
     with open(os.path.join(output_dir, "quickstart_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

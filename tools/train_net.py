@@ -3,39 +3,59 @@
 
 python tools/train_net.py --config-file configs/pix2seq_R50.yaml --num-gpus 8
 python tools/train_net.py --config-file configs/pix2seq_R50.yaml --eval-only MODEL.WEIGHTS model.pth
+
+``--eval-only`` also writes the results to ``OUTPUT_DIR/eval_results.json``.
 """
 
 from __future__ import annotations
 
-from detectron2.checkpoint import DetectionCheckpointer
+import json
+import os
+
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer, add_pix2seq_config
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.ema import use_ema_weights
+from pix2seq_d2.input_checks import merge_config_checked
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
 def setup(args) -> CfgNode:
     cfg = get_cfg()
     add_pix2seq_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_checked(cfg, args.config_file, args.opts)  # unknown keys: an error naming key and file
     cfg.freeze()
     default_setup(cfg, args)
+    # detectron2 sets up its own loggers; this package logs under "pix2seq_d2".
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pix2seq_d2", abbrev_name="p2s")
     share_cpu_threads_among_workers()
     return cfg
+
+
+def write_results(results: dict, path: str) -> None:
+    """Save evaluation results ({dataset: {task: {metric: value}}} or {task: ...}) as json."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Pix2SeqTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = Pix2SeqCheckpointer(model, save_dir=cfg.OUTPUT_DIR)  # weights-only loading
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if cfg.MODEL.EMA.ENABLED:
+            use_ema_weights(model, checkpoint)
         results = Pix2SeqTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
+            write_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
         return results
     trainer = Pix2SeqTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""A picture of what the model believes, per image: coordinate distributions and token probabilities.
+
+    python tools/visualize_beliefs.py --config-file configs/quickstart/pix2seq_shapes.yaml \
+        --input "datasets/pix2seq_shapes/shapes_val/0000[0-3].jpg" --output output/quickstart/beliefs \
+        --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+
+Each image is decoded greedily. The left panel draws, for every predicted object, the
+probability of each quantisation bin for its ``ymin``/``ymax`` (curves along the vertical
+axis, left of the box; solid: min, dotted: max) and ``xmin``/``xmax`` (along the horizontal
+axis, above the box); the right panel lists the generated tokens with their probabilities.
+See pix2seq_d2/beliefs.py. ``--output`` is a folder (``<image name>_beliefs.png`` each) or a
+``.png`` file for a single input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from demo import expand_inputs
+from detectron2.config import CfgNode
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
+
+from pix2seq_d2 import Pix2SeqPredictor
+from pix2seq_d2.beliefs import draw_beliefs, read_beliefs
+from pix2seq_d2.config import load_config
+
+
+def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
+    cfg = load_config(config_file, opts)
+    cfg.freeze()
+    return cfg
+
+
+def figure_path(output: str, image_path: str, num_inputs: int) -> str:
+    """Where the picture of ``image_path`` goes: ``output`` itself (one input, ``.png``) or inside it."""
+    if num_inputs == 1 and output.lower().endswith(".png"):
+        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+        return output
+    os.makedirs(output, exist_ok=True)
+    return os.path.join(output, os.path.splitext(os.path.basename(image_path))[0] + "_beliefs.png")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="output folder (or .png file, for a single input)")
+    parser.add_argument("--max-objects", type=int, default=8, help="draw at most this many objects per image")
+    parser.add_argument("--score-threshold", type=float, default=0.0, help="draw only objects scoring at least this")
+    parser.add_argument("--dpi", type=int, default=100)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Write one PNG per input image; returns their paths."""
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    logger = setup_logger()
+    predictor = Pix2SeqPredictor(setup_cfg(args.config_file, args.opts))
+    class_names = predictor.metadata.get("thing_classes", None)
+    paths = expand_inputs(args.input)
+    written = []
+    for path in tqdm(paths, desc="beliefs", disable=len(paths) < 2):
+        image = read_image(path, format="BGR")
+        beliefs = read_beliefs(predictor.model, [predictor.preprocess(image)], class_names)[0]
+        figure = draw_beliefs(
+            image[:, :, ::-1], beliefs, args.max_objects, args.score_threshold, title=os.path.basename(path)
+        )
+        target = figure_path(args.output, path, len(paths))
+        figure.savefig(target, dpi=args.dpi)
+        written.append(target)
+    logger.info(f"wrote {len(written)} picture(s) to {args.output}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -167,7 +167,9 @@ cfg = tiny_cfg(
     "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 9, "SOLVER.CHECKPOINT_PERIOD", 3, "SOLVER.WARMUP_ITERS", 2,
     "INPUT.MIN_SIZE_TRAIN", (40, 48, 56), "INPUT.MAX_SIZE_TRAIN", 64,  # random scale + flip per sample
     "MODEL.PIX2SEQ.DROPOUT", 0.1, "MODEL.PIX2SEQ.SEQ_AUG.ENABLED", True, "MODEL.PIX2SEQ.MAX_OBJECTS", 3,
-    "DATALOADER.ASPECT_RATIO_GROUPING", True, "MODEL.EMA.ENABLED", True, "OUTPUT_DIR", output_dir,
+    "DATALOADER.ASPECT_RATIO_GROUPING", True, "MODEL.EMA.ENABLED", True, "MODEL.PIX2SEQ.DROP_PATH", 0.1,
+    "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "float16",  # a grad scaler with state, on the CPU
+    "OUTPUT_DIR", output_dir,
 )
 seed_all_rng(cfg.SEED)  # what default_setup does in train_net: the same initial weights in every run
 trainer = Pix2SeqTrainer(cfg)
@@ -215,6 +217,7 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(tm
         assert all(torch.equal(torch.as_tensor(value[k]), torch.as_tensor(got_state[k])) for k in value)
     assert got["trainer"]["hooks"]["CountingHook"] == expected["trainer"]["hooks"]["CountingHook"] == {"total": 36}
     assert got["trainer"]["hooks"]["LRScheduler"] == expected["trainer"]["hooks"]["LRScheduler"]
+    assert got["trainer"]["_trainer"]["grad_scaler"] == expected["trainer"]["_trainer"]["grad_scaler"]
     assert got["iteration"] == expected["iteration"] == 8
     assert got["ema"]["updates"] == expected["ema"]["updates"] == 9
     assert all(torch.equal(expected["ema"]["shadow"][k], got["ema"]["shadow"][k]) for k in expected["ema"]["shadow"])

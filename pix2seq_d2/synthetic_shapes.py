@@ -81,19 +81,25 @@ class ShapesSplitSpec:
     num_images: int
     seed: int
     image_size: int
+    objects: tuple[int, int] = (1, 4)  # attempted objects per image, inclusive range
+    rel_size: tuple[float, float] = (0.1, 0.5)  # box side / image side
 
 
 SHAPES_SPLITS: dict[str, ShapesSplitSpec] = {
     "shapes_train": ShapesSplitSpec(num_images=4000, seed=0, image_size=96),
     "shapes_val": ShapesSplitSpec(num_images=300, seed=1, image_size=96),
+    # Crowded scenes (6-12 smaller objects attempted; fewer where occlusion limits forbid one),
+    # where a model that ends its sequence too early loses recall.
+    "shapes_dense_train": ShapesSplitSpec(
+        num_images=4000, seed=2, image_size=96, objects=(6, 12), rel_size=(0.08, 0.3)
+    ),
+    "shapes_dense_val": ShapesSplitSpec(num_images=300, seed=3, image_size=96, objects=(6, 12), rel_size=(0.08, 0.3)),
 }
 """The registered splits: dataset name -> spec (validation uses another seed)."""
 
 # --- scene parameters -------------------------------------------------------
 _SUPERSAMPLE = 4  # shapes are drawn at this many times the final resolution
 _JPEG_QUALITY = 95
-_MIN_OBJECTS, _MAX_OBJECTS = 1, 4
-_MIN_REL_SIZE, _MAX_REL_SIZE = 0.1, 0.5  # box side / image side
 _TRIANGLE_ASPECT = (0.8, 1.25)  # height / width
 _MAX_OCCLUDED_FRACTION = 0.5  # of an earlier object's area, hidden by later ones
 _MAX_EXTENT_LOSS_PX = 0.5  # an earlier object's visible extent may shrink by this
@@ -248,8 +254,11 @@ def _visible_extent_ok(visible: np.ndarray, tolerance: int) -> bool:
     )
 
 
-def _place_shapes(rng: np.random.Generator, image_size: int, background: np.ndarray) -> tuple[list[_Shape], list[int]]:
+def _place_shapes(
+    rng: np.random.Generator, image_size: int, background: np.ndarray, spec: ShapesSplitSpec
+) -> tuple[list[_Shape], list[int]]:
     """Draw the objects of one image; return them and their visible areas (supersampled px)."""
+    min_rel_size, max_rel_size = spec.rel_size
     s = _SUPERSAMPLE
     size = image_size * s
     tolerance = round(_MAX_EXTENT_LOSS_PX * s)
@@ -258,19 +267,19 @@ def _place_shapes(rng: np.random.Generator, image_size: int, background: np.ndar
     shapes: list[_Shape] = []
     visible: list[int] = []
     full: list[int] = []
-    for _ in range(int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(spec.objects[0], spec.objects[1] + 1))):
         category = int(rng.integers(len(SHAPE_CLASSES)))
         for _try in range(_PLACEMENT_TRIES):
             # Draws happen in the same order whatever the class, so the stream stays aligned.
-            side = rng.uniform(_MIN_REL_SIZE, _MAX_REL_SIZE) * image_size
+            side = rng.uniform(min_rel_size, max_rel_size) * image_size
             aspect = math.exp(rng.uniform(math.log(_TRIANGLE_ASPECT[0]), math.log(_TRIANGLE_ASPECT[1])))
             fx, fy = rng.random(), rng.random()
             w_px = side
             h_px = side
             if SHAPE_CLASSES[category] == "triangle":
                 h_px = min(
-                    max(side * aspect, _MIN_REL_SIZE * image_size),
-                    _MAX_REL_SIZE * image_size,
+                    max(side * aspect, min_rel_size * image_size),
+                    max_rel_size * image_size,
                 )
             w, h = max(1, round(w_px * s)), max(1, round(h_px * s))
             x0 = min(round(fx * (image_size - w_px) * s), size - w)
@@ -363,11 +372,12 @@ def _render(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _generate_image(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, list[_Shape], list[int]]:
+def _generate_image(rng: np.random.Generator, spec: ShapesSplitSpec) -> tuple[np.ndarray, list[_Shape], list[int]]:
     """One random image: pixels, objects and their visible areas (supersampled px)."""
+    image_size = spec.image_size
     background = _sample_background(rng, image_size)
     lines = _sample_lines(rng, image_size)
-    shapes, visible = _place_shapes(rng, image_size, background)
+    shapes, visible = _place_shapes(rng, image_size, background, spec)
     sigma = rng.uniform(*_NOISE_SIGMA)
     return _render(background, lines, shapes, image_size, sigma, rng), shapes, visible
 
@@ -381,6 +391,9 @@ def _info(spec: ShapesSplitSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "num_images": spec.num_images,
         "image_size": spec.image_size,
+        # Only where they differ from the defaults, so that existing splits stay up to date.
+        **({"objects": list(spec.objects)} if spec.objects != (1, 4) else {}),
+        **({"rel_size": list(spec.rel_size)} if spec.rel_size != (0.1, 0.5) else {}),
     }
 
 
@@ -391,7 +404,8 @@ def _is_up_to_date(json_file: str, spec: ShapesSplitSpec) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     expected = _info(spec)
-    return all(info.get(key) == expected[key] for key in ("generator_version", "seed", "num_images", "image_size"))
+    keys = ("generator_version", "seed", "num_images", "image_size", "objects", "rel_size")
+    return all(info.get(key) == expected.get(key) for key in keys)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -435,7 +449,7 @@ def generate_shapes_split(root: str | os.PathLike[str], split: str, spec: Shapes
     annotations: list[dict[str, Any]] = []
     for index in tqdm(range(spec.num_images), desc=f"generating {split}", unit="img"):
         image_id = index + 1
-        pixels, shapes, visible = _generate_image(rng, spec.image_size)
+        pixels, shapes, visible = _generate_image(rng, spec)
         file_name = f"{image_id:06d}.jpg"
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=_JPEG_QUALITY, subsampling=0)

@@ -141,11 +141,11 @@ def test_interrupted_generation_writes_no_json(tmp_path: Path, monkeypatch: pyte
     real = synthetic_shapes._generate_image
     calls = []
 
-    def failing(rng: np.random.Generator, image_size: int) -> tuple:
+    def failing(rng: np.random.Generator, spec: ShapesSplitSpec) -> tuple:
         calls.append(1)
         if len(calls) > 5:
             raise KeyboardInterrupt
-        return real(rng, image_size)
+        return real(rng, spec)
 
     monkeypatch.setattr(synthetic_shapes, "_generate_image", failing)
     with pytest.raises(KeyboardInterrupt):
@@ -237,3 +237,18 @@ def test_ensure_shapes_generated(registered: tuple[Path, dict]) -> None:
     assert _load(json_file)["info"]["num_images"] == splits["shapes_train"].num_images
     with pytest.raises(KeyError):
         ensure_shapes_generated("no_such_dataset_registered")
+
+
+def test_crowded_spec_places_more_and_smaller_objects(tmp_path: Path) -> None:
+    crowded = ShapesSplitSpec(num_images=10, seed=3, image_size=64, objects=(6, 12), rel_size=(0.08, 0.3))
+    json_file, _ = generate_shapes_split(tmp_path, "crowded", crowded)
+    data = _load(json_file)
+    per_image = Counter(a["image_id"] for a in data["annotations"])
+    assert min(per_image.values()) >= 4 and max(per_image.values()) <= 12
+    assert sum(per_image.values()) / len(data["images"]) > 5
+    for a in data["annotations"]:
+        assert max(a["bbox"][2:]) <= 0.3 * 64 + SIZE_TOLERANCE_PX
+    assert data["info"]["objects"] == [6, 12]
+    # The default splits keep their info (and so their files stay up to date): no new keys.
+    json_small, _ = generate_shapes_split(tmp_path, "small", SMALL)
+    assert "objects" not in _load(json_small)["info"] and "rel_size" not in _load(json_small)["info"]

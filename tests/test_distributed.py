@@ -28,6 +28,7 @@ def _worker(rank: int, init_file: str, out_dir: str, diverge: bool) -> None:
         outcome = str(e)
     broadcast_buffers_from_main(model)
     torch.save({"outcome": outcome, "running_mean": model[1].running_mean}, os.path.join(out_dir, f"{rank}.pt"))
+    dist.barrier()  # every collective has completed on every worker before the group goes away
     dist.destroy_process_group()
 
 

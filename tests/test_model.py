@@ -114,6 +114,7 @@ def _loss_worker(rank: int, world_size: int, init_file: str, shards: list, out_d
     dist.all_reduce(projection.grad)
     projection.grad /= world_size
     torch.save(projection.grad, os.path.join(out_dir, f"grad{rank}.pt"))
+    dist.barrier()  # every collective has completed on every worker before the group goes away
     dist.destroy_process_group()
 
 

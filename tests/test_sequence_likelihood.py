@@ -97,6 +97,7 @@ def _evaluate_shard(rank: int, world_size: int, init_file: str, out_dir: str) ->
     evaluator = SequenceLikelihoodEvaluator(tokenizer)
     evaluator.process([], fake_outputs(seed=rank, tokenizer=tokenizer, images=5 + 7 * rank))  # unequal shards
     torch.save(evaluator.evaluate(), os.path.join(out_dir, f"result{rank}.pt"))
+    dist.barrier()  # every collective has completed on every worker before the group goes away
     dist.destroy_process_group()
 
 

@@ -180,17 +180,22 @@ class Pix2Seq(nn.Module):
             The generated tokens with their per-token log-probabilities (and the class-slot
             log-probabilities), and the batched images (their ``image_sizes`` normalise boxes).
         """
+        sequences, images, _ = self._encode_and_decode(batched_inputs, options or self.decoding)
+        return sequences, images
+
+    def _encode_and_decode(
+        self, batched_inputs: list[dict], options: DecodingOptions
+    ) -> tuple[DecodedSequences, ImageList, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """-> decoded sequences, the batched images, and the encoder output (memory, pos, padding)."""
         images = self.preprocess_image(batched_inputs)
-        memory, pos, padding = self.encode(images)
-        return decode(self.decoder, self.tokenizer, memory, pos, padding, options or self.decoding), images
+        encoded = self.encode(images)
+        return decode(self.decoder, self.tokenizer, *encoded, options), images, encoded
 
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
         """-> ``[{"instances": Instances}]``; inputs that carry ground-truth sequences (the test
         mapper with annotations) also get ``"sequence_likelihood"`` (see :meth:`sequence_likelihood`)."""
-        images = self.preprocess_image(batched_inputs)
-        encoded = self.encode(images)
-        sequences = decode(self.decoder, self.tokenizer, *encoded, self.decoding)
+        sequences, images, encoded = self._encode_and_decode(batched_inputs, self.decoding)
         results = self.detections(batched_inputs, sequences, images, do_postprocess)
         if all("seq_target" in x for x in batched_inputs):
             for result, likelihood in zip(results, self.sequence_likelihood(batched_inputs, *encoded)):

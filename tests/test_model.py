@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
+from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.solver import build_optimizer
 
@@ -114,8 +115,7 @@ def _loss_worker(rank: int, world_size: int, init_file: str, shards: list, out_d
     dist.all_reduce(projection.grad)
     projection.grad /= world_size
     torch.save(projection.grad, os.path.join(out_dir, f"grad{rank}.pt"))
-    dist.barrier()  # every collective has completed on every worker before the group goes away
-    dist.destroy_process_group()
+    leave_process_group()  # barrier, drop detectron2's cached group handle, destroy
 
 
 def test_loss_normalisation_across_workers_matches_one_process_over_the_whole_batch(tmp_path):

@@ -13,6 +13,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTokenizer
+from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.sequence_likelihood import SequenceLikelihoodEvaluator
 
 from .conftest import tiny_cfg
@@ -97,8 +98,7 @@ def _evaluate_shard(rank: int, world_size: int, init_file: str, out_dir: str) ->
     evaluator = SequenceLikelihoodEvaluator(tokenizer)
     evaluator.process([], fake_outputs(seed=rank, tokenizer=tokenizer, images=5 + 7 * rank))  # unequal shards
     torch.save(evaluator.evaluate(), os.path.join(out_dir, f"result{rank}.pt"))
-    dist.barrier()  # every collective has completed on every worker before the group goes away
-    dist.destroy_process_group()
+    leave_process_group()  # barrier, drop detectron2's cached group handle, destroy
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="GLOO file:// init as used here is tested on Linux")

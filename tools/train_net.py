@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config import load_config
+from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.ema import use_ema_weights
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
@@ -60,11 +61,18 @@ def main(args):
     return trainer.train()
 
 
+def worker_main(args):
+    """One launched worker: ``main``, then a clean exit from the process group (see leave_process_group)."""
+    results = main(args)
+    leave_process_group()
+    return results
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
-        main,
+        worker_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

@@ -74,6 +74,10 @@ GENERATOR_VERSION: int = 1
 """Bump whenever the drawing code changes what a given seed produces."""
 
 
+_DEFAULT_OBJECTS = (1, 4)
+_DEFAULT_REL_SIZE = (0.1, 0.5)
+
+
 @dataclass(frozen=True)
 class ShapesSplitSpec:
     """Everything that defines the content of one split."""
@@ -81,8 +85,8 @@ class ShapesSplitSpec:
     num_images: int
     seed: int
     image_size: int
-    objects: tuple[int, int] = (1, 4)  # attempted objects per image, inclusive range
-    rel_size: tuple[float, float] = (0.1, 0.5)  # box side / image side
+    objects: tuple[int, int] = _DEFAULT_OBJECTS  # attempted objects per image, inclusive range
+    rel_size: tuple[float, float] = _DEFAULT_REL_SIZE  # box side / image side
 
 
 SHAPES_SPLITS: dict[str, ShapesSplitSpec] = {
@@ -255,9 +259,10 @@ def _visible_extent_ok(visible: np.ndarray, tolerance: int) -> bool:
 
 
 def _place_shapes(
-    rng: np.random.Generator, image_size: int, background: np.ndarray, spec: ShapesSplitSpec
+    rng: np.random.Generator, background: np.ndarray, spec: ShapesSplitSpec
 ) -> tuple[list[_Shape], list[int]]:
     """Draw the objects of one image; return them and their visible areas (supersampled px)."""
+    image_size = spec.image_size
     min_rel_size, max_rel_size = spec.rel_size
     s = _SUPERSAMPLE
     size = image_size * s
@@ -377,7 +382,7 @@ def _generate_image(rng: np.random.Generator, spec: ShapesSplitSpec) -> tuple[np
     image_size = spec.image_size
     background = _sample_background(rng, image_size)
     lines = _sample_lines(rng, image_size)
-    shapes, visible = _place_shapes(rng, image_size, background, spec)
+    shapes, visible = _place_shapes(rng, background, spec)
     sigma = rng.uniform(*_NOISE_SIGMA)
     return _render(background, lines, shapes, image_size, sigma, rng), shapes, visible
 
@@ -392,8 +397,8 @@ def _info(spec: ShapesSplitSpec) -> dict[str, Any]:
         "num_images": spec.num_images,
         "image_size": spec.image_size,
         # Only where they differ from the defaults, so that existing splits stay up to date.
-        **({"objects": list(spec.objects)} if spec.objects != (1, 4) else {}),
-        **({"rel_size": list(spec.rel_size)} if spec.rel_size != (0.1, 0.5) else {}),
+        **({"objects": list(spec.objects)} if spec.objects != _DEFAULT_OBJECTS else {}),
+        **({"rel_size": list(spec.rel_size)} if spec.rel_size != _DEFAULT_REL_SIZE else {}),
     }
 
 

@@ -1,10 +1,12 @@
 """Pix2Seq (a language modeling framework for object detection) as a Detectron2 extension.
 
 Importing the package registers the ``Pix2Seq`` meta-architecture, the
-``build_small_resnet_backbone`` backbone and the embedded ``shapes_train``/``shapes_val``
+``build_small_resnet_backbone``, ``build_pix2seq_resnet_backbone`` and
+``build_pix2seq_vit_backbone`` backbones and the embedded ``shapes_train``/``shapes_val``
 datasets (generated on first use under ``$DETECTRON2_DATASETS/pix2seq_shapes``).
 """
 
+from .backbones import build_pix2seq_resnet_backbone, build_pix2seq_vit_backbone
 from .config import add_pix2seq_config
 from .dataset_mapper import Pix2SeqDatasetMapper
 from .model import Pix2Seq
@@ -23,6 +25,8 @@ __all__ = [
     "Pix2SeqPredictor",
     "Pix2SeqTokenizer",
     "Pix2SeqTrainer",
+    "build_pix2seq_resnet_backbone",
+    "build_pix2seq_vit_backbone",
     "build_small_resnet_backbone",
     "register_shapes_datasets",
 ]

@@ -19,7 +19,9 @@ relative to the padded square while inference (and ``detector_postprocess``) wor
 the image, so the two would disagree. In a batch that holds one image of scale >= 1 every
 image is padded to ``IMAGE_SIZE x IMAGE_SIZE`` anyway.
 
-Test time: detectron2's ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, no random ops,
+Test time (``INPUT.RESIZE_TEST``): detectron2's ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``,
+or the official release's resize (longest side ``MAX_SIZE_TEST``, antialiased bilinear on float
+pixels: :class:`ResizeLongestSide`), no random ops,
 the same resize the predictors use. LSJ configs set ``MIN_SIZE_TEST = MAX_SIZE_TEST =
 IMAGE_SIZE``, which resizes the longest side to ``IMAGE_SIZE`` (what LSJ does at scale 1).
 """
@@ -30,6 +32,8 @@ import logging
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -172,21 +176,76 @@ def _random_flip(cfg: CfgNode) -> list[T.Augmentation]:
     return [] if flip == "none" else [T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")]
 
 
+class AntialiasedResizeTransform(T.ResizeTransform):
+    """detectron2's ``ResizeTransform`` (same box and inverse maths) whose image resize is
+    antialiased bilinear on float pixels (``torch.nn.functional.interpolate(antialias=True)``,
+    as ``tf.image.resize(antialias=True)``); returns float32 images, no uint8 rounding."""
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int):
+        super().__init__(h, w, new_h, new_w)
+
+    def apply_image(self, img: np.ndarray, interp=None) -> np.ndarray:
+        assert img.shape[:2] == (self.h, self.w), f"image of size {img.shape[:2]} given to a resize of {self.h, self.w}"
+        x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+        x = x[:, :, None] if x.ndim == 2 else x
+        out = F.interpolate(
+            x.permute(2, 0, 1)[None],
+            size=(self.new_h, self.new_w),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+        out = out[0].permute(1, 2, 0).numpy()
+        return out[:, :, 0] if img.ndim == 2 else out
+
+
+class ResizeLongestSide(T.Augmentation):
+    """The official Pix2Seq eval resize: the longest side becomes ``size``, aspect ratio kept, each
+    side ``round(side * size / longest)`` rounded half to even (as TensorFlow), antialiased."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"resize size must be >= 1, got {size}")
+        self.size = size
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        scale = min(self.size / h, self.size / w)
+        new_h, new_w = (max(int(round(side * scale)), 1) for side in (h, w))
+        return AntialiasedResizeTransform(h, w, new_h, new_w)
+
+
+TEST_RESIZES = ("shortest_edge", "longest_side")
+
+
+def build_test_resize(cfg: CfgNode) -> T.Augmentation:
+    """The test-time resize of ``INPUT.RESIZE_TEST`` (mapper, predictor and demos use this one)."""
+    if cfg.INPUT.RESIZE_TEST == "shortest_edge":
+        return T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+    if cfg.INPUT.RESIZE_TEST == "longest_side":
+        return ResizeLongestSide(cfg.INPUT.MAX_SIZE_TEST)
+    raise ValueError(f"unknown INPUT.RESIZE_TEST {cfg.INPUT.RESIZE_TEST!r}; known: {TEST_RESIZES}")
+
+
 def build_pix2seq_augmentation(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
     """The mapper's augmentations from ``INPUT.*`` (see the module docstring).
 
-    Default config: ``utils.build_augmentation(cfg, is_train)`` unchanged. Test time: always
-    that (no random ops), whatever ``INPUT.LSJ`` / ``INPUT.COLOR_JITTER`` say.
+    Default config: ``utils.build_augmentation(cfg, is_train)`` unchanged. Test time: only
+    :func:`build_test_resize` (no random ops), whatever ``INPUT.LSJ`` / ``INPUT.COLOR_JITTER`` say.
     """
     lsj, color = cfg.INPUT.LSJ, cfg.INPUT.COLOR_JITTER
     if not is_train:
-        if lsj.ENABLED and (cfg.INPUT.MAX_SIZE_TEST != lsj.IMAGE_SIZE or cfg.INPUT.MIN_SIZE_TEST < lsj.IMAGE_SIZE):
+        shortest = cfg.INPUT.RESIZE_TEST == "shortest_edge"
+        if lsj.ENABLED and (
+            cfg.INPUT.MAX_SIZE_TEST != lsj.IMAGE_SIZE or (shortest and cfg.INPUT.MIN_SIZE_TEST < lsj.IMAGE_SIZE)
+        ):
             logger.warning(
                 f"INPUT.LSJ.IMAGE_SIZE={lsj.IMAGE_SIZE} but test images are resized with "
                 f"MIN_SIZE_TEST={cfg.INPUT.MIN_SIZE_TEST}, MAX_SIZE_TEST={cfg.INPUT.MAX_SIZE_TEST}; set both to "
                 "IMAGE_SIZE to test at the training scale (longest side IMAGE_SIZE)"
             )
-        return utils.build_augmentation(cfg, is_train=False)
+        return [build_test_resize(cfg)]
     if lsj.ENABLED:
         if not 0 < lsj.MIN_SCALE <= lsj.MAX_SCALE:
             raise ValueError(f"INPUT.LSJ needs 0 < MIN_SCALE <= MAX_SCALE, got {lsj.MIN_SCALE}, {lsj.MAX_SCALE}")

@@ -27,7 +27,7 @@ from matplotlib.patches import Rectangle
 
 from .decoding import DecodingOptions, decode, grammar_masks
 from .model import Pix2Seq
-from .tokenizer import CLASS_SLOT, TOKENS_PER_OBJECT, Pix2SeqTokenizer
+from .tokenizer import Pix2SeqTokenizer
 
 __all__ = [
     "COORDINATE_NAMES",
@@ -39,7 +39,8 @@ __all__ = [
     "read_beliefs",
 ]
 
-COORDINATE_NAMES = ("ymin", "xmin", "ymax", "xmax")  # the order of an object's coordinate tokens
+COORDINATE_NAMES = ("ymin", "xmin", "ymax", "xmax")  # the order of ObjectBelief.bins and coord_probs
+_AXIS_NAMES = ("xmin", "ymin", "xmax", "ymax")  # the tokenizer's slot_axes index into this
 _COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:pink", "tab:olive")
 
 
@@ -73,6 +74,7 @@ class ImageBeliefs:
     height: int
     width: int
     num_bins: int
+    bin_positions: dict[str, np.ndarray]  # "y"/"x": [num_bins] pixel position of each bin in the image
     objects: list[ObjectBelief]
     tokens: list[TokenBelief]  # the generated sequence, EOS included when generated
 
@@ -80,10 +82,12 @@ class ImageBeliefs:
 def coordinate_distributions(logits: torch.Tensor, tokenizer: Pix2SeqTokenizer) -> torch.Tensor:
     """Logits ``[..., T, V]`` of generated positions -> ``[..., T // 5, 4, num_bins]``: for each
     object, the distribution of each coordinate (ymin xmin ymax xmax) over the coordinate bins."""
-    k = logits.shape[-2] // TOKENS_PER_OBJECT
+    tpo = tokenizer.tokens_per_object
+    k = logits.shape[-2] // tpo
     lo, hi = tokenizer.coord_token_range()
-    objects = logits[..., : k * TOKENS_PER_OBJECT, :].unflatten(-2, (k, TOKENS_PER_OBJECT))
-    return objects[..., :CLASS_SLOT, lo:hi].float().softmax(-1)
+    objects = logits[..., : k * tpo, :].unflatten(-2, (k, tpo))
+    slots = [tokenizer.slot_axes.index(_AXIS_NAMES.index(name)) for name in COORDINATE_NAMES]
+    return objects[..., slots, lo:hi].float().softmax(-1)
 
 
 def _restricted_prob(logits: torch.Tensor, allowed: torch.Tensor, token: int) -> float:
@@ -112,44 +116,55 @@ def read_beliefs(
     images = model.preprocess_image(batched_inputs)
     memory, pos, padding = model.encode(images)
     seqs = decode(model.decoder, tokenizer, memory, pos, padding, options, return_logits=True)
+    resized = torch.tensor(images.image_sizes, dtype=torch.float)  # [B, 2]
     sizes = torch.tensor(
         [(x.get("height", h), x.get("width", w)) for x, (h, w) in zip(batched_inputs, images.image_sizes)]
     )
-    objects = tokenizer.decode(seqs.tokens, seqs.token_logprobs, seqs.class_logprobs, sizes, model.score_mode)
+    objects = tokenizer.decode(
+        seqs.tokens, seqs.token_logprobs, seqs.class_logprobs, resized, model.score_mode, options.grammar
+    )
+    to_original = (sizes / resized).flip(-1).repeat(1, 2)  # [B, 4] w h w h
     coord_probs = coordinate_distributions(seqs.logits, tokenizer).cpu()  # [B, K, 4, num_bins]
     masks = grammar_masks(tokenizer, seqs.logits.device, options.stop_at_eos, options.allow_noise_class)
     coord_lo, _ = tokenizer.coord_token_range()
+    tpo, class_slot = tokenizer.tokens_per_object, tokenizer.class_slot
+    token_names = tokenizer.class_names(class_names)
+    name_order = [tokenizer.slot_axes.index(_AXIS_NAMES.index(name)) for name in COORDINATE_NAMES]
+    bin_values = tokenizer.bin_values().numpy()
 
     def name(class_id: int) -> str:
         return class_names[class_id] if class_names is not None and 0 <= class_id < len(class_names) else str(class_id)
 
     results = []
     for i, (height, width) in enumerate(sizes.tolist()):
-        scale = np.array([height, width, height, width]) / tokenizer.num_bins
+        # pixels (original image) of normalised coordinate 1 along y and x
+        norm_h, norm_w = tokenizer.normalizer_hw(tuple(images.image_sizes[i]))
+        span = {"y": norm_h * height / float(resized[i, 0]), "x": norm_w * width / float(resized[i, 1])}
         obj_list, tokens = [], []
         for t, token in enumerate(seqs.tokens[i].tolist()):
-            if token == tokenizer.PAD:
+            if token == tokenizer.PAD and token != tokenizer.EOS:
                 break
-            k, slot = divmod(t, TOKENS_PER_OBJECT)
+            k, slot = divmod(t, tpo)
             logits = seqs.logits[i, t]
-            if token == tokenizer.EOS:
+            if token == tokenizer.EOS and (slot == 0 or options.grammar):
                 tokens.append(TokenBelief(token, "EOS", _restricted_prob(logits, masks[0], token), -1))
                 break
-            if slot < CLASS_SLOT:
-                bin_index = token - coord_lo
-                value = (bin_index + 0.5) * scale[slot]
-                prob = float(coord_probs[i, k, slot, bin_index])
-                tokens.append(TokenBelief(token, f"{COORDINATE_NAMES[slot]}={value:.0f}", prob, k))
+            if slot < class_slot:
+                axis_name = _AXIS_NAMES[tokenizer.slot_axes[slot]]
+                bin_index = min(max(token - coord_lo, 0), tokenizer.num_bins - 1)
+                value = bin_values[bin_index] * span[axis_name[0]]
+                prob = float(coord_probs[i, k, COORDINATE_NAMES.index(axis_name), bin_index])
+                tokens.append(TokenBelief(token, f"{axis_name}={value:.0f}", prob, k))
                 continue
-            text = "class=noise" if token == tokenizer.NOISE else f"class={name(token - tokenizer.class_offset)}"
-            tokens.append(TokenBelief(token, text, _restricted_prob(logits, masks[CLASS_SLOT], token), k))
+            text = f"class={token_names.get(token, token)}"
+            tokens.append(TokenBelief(token, text, _restricted_prob(logits, masks[class_slot], token), k))
             if bool(objects.valid[i, k]):
                 class_id = int(objects.classes[i, k])
-                bins = seqs.tokens[i, k * TOKENS_PER_OBJECT : k * TOKENS_PER_OBJECT + CLASS_SLOT] - coord_lo
+                bins = seqs.tokens[i, k * tpo : k * tpo + class_slot][name_order] - coord_lo
                 obj_list.append(
                     ObjectBelief(
                         index=k,
-                        box=objects.boxes[i, k].cpu().numpy(),
+                        box=(objects.boxes[i, k].cpu() * to_original[i]).numpy(),
                         class_id=class_id,
                         class_name=name(class_id),
                         score=float(objects.scores[i, k]),
@@ -157,7 +172,8 @@ def read_beliefs(
                         coord_probs=coord_probs[i, k].numpy(),
                     )
                 )
-        results.append(ImageBeliefs(int(height), int(width), tokenizer.num_bins, obj_list, tokens))
+        positions = {axis: bin_values * span[axis] for axis in ("y", "x")}
+        results.append(ImageBeliefs(int(height), int(width), tokenizer.num_bins, positions, obj_list, tokens))
     return results
 
 
@@ -165,10 +181,7 @@ def _draw_distributions(ax, beliefs: ImageBeliefs, objects: list[ObjectBelief], 
     """Bin distributions on the image, each scaled to its own peak (``reach`` pixels high): ymin
     along the box's left side (bulging left), ymax along its right side, xmin along its top side
     (bulging up), xmax along its bottom side. A sure coordinate is one spike at its box corner."""
-    centres = {
-        "y": (np.arange(beliefs.num_bins) + 0.5) * beliefs.height / beliefs.num_bins,
-        "x": (np.arange(beliefs.num_bins) + 0.5) * beliefs.width / beliefs.num_bins,
-    }
+    centres = beliefs.bin_positions
     for index, obj in enumerate(objects):
         color = _COLORS[index % len(_COLORS)]
         x0, y0, x1, y1 = obj.box

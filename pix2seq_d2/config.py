@@ -15,6 +15,18 @@ def add_pix2seq_config(cfg: CN) -> None:
     # Quantisation bins per coordinate. The paper uses 1000 at 640 px and 2000 at 1333 px;
     # about one bin per pixel of the longest training side is plenty.
     p.NUM_BINS = 1000
+    # Vocabulary layout (pix2seq_d2/tokenizer.py): "pix2seq_d2" (compact: PAD EOS START NOISE,
+    # classes, bins), "official" (google-research/pix2seq: 3000 tokens, class = 100 + category
+    # id, bins from 1000, round(v * (B-1))) or "pretrained_pix2seq" (bins from 0, class = B +
+    # category id, xyxy order). Converted checkpoints keep the layout they were trained with.
+    p.TOKENIZER = CN()
+    p.TOKENIZER.LAYOUT = "pix2seq_d2"
+    # Layouts keyed by category ids: the dataset category id of each contiguous class 0..C-1
+    # (for COCO the 80 ids 1..90, sorted, as detectron2 maps them). Empty: 0..C-1 themselves.
+    p.TOKENIZER.CATEGORY_IDS = []
+    # Coordinates are fractions of this many pixels (the official models: the padded square
+    # canvas, i.e. the image size; Pretrained-Pix2Seq: 1333). 0: of the image's own size.
+    p.TOKENIZER.COORD_NORMALIZER = 0
     # Objects per training sequence: an image with more keeps a random subset of this many.
     p.MAX_OBJECTS = 100
     # Order of the objects in a sequence: "random" (re-drawn every time an image is loaded in
@@ -35,11 +47,44 @@ def add_pix2seq_config(cfg: CN) -> None:
     # ---- backbone feature and transformer ----
     # Which backbone output feeds the transformer encoder (e.g. "res5" of a ResNet).
     p.IN_FEATURE = "res5"
-    p.HIDDEN_DIM = 256  # transformer width d
+    # Backbone feature -> encoder width: "conv" (1x1 conv), "conv_gn" (1x1 conv + GroupNorm(32):
+    # Pretrained-Pix2Seq), "linear_ln" (linear + LayerNorm on the flattened positions: official)
+    # or "identity" (the backbone already gives HIDDEN_DIM channels: the official ViT).
+    p.INPUT_PROJ = "conv"
+    # Image positions: "sine" (DETR's 2-D sine, normalised by each image's extent, added to the
+    # queries/keys of every encoder layer and to the decoder's cross-attention keys),
+    # "sine_unnormalized" (the same on raw positions 1..n: Pretrained-Pix2Seq), "sincos" (the
+    # official fixed 2-D sin-cos table added once to the encoder input, none inside attention)
+    # or "none" (the backbone already added them: the official ViT).
+    p.POSITION_ENCODING = "sine"
+    # False: the encoder and the cross-attention also attend to batch padding (both peers do).
+    p.USE_PADDING_MASK = True
+    # > 0: every image is padded at the bottom/right to this square (the official models: the
+    # image size), with PAD_VALUE (in normalised pixel units, i.e. after PIXEL_MEAN/PIXEL_STD).
+    p.PAD_TO_SQUARE = 0
+    p.PAD_VALUE = 0.0
+    p.HIDDEN_DIM = 256  # transformer (encoder) width d
     p.NUM_HEADS = 8
     p.ENC_LAYERS = 6
     p.DEC_LAYERS = 6
     p.DIM_FEEDFORWARD = 1024
+    # The decoder's own width, heads and FFN width (the official ViT models use a narrower
+    # decoder than encoder); 0: the encoder's.
+    p.DEC_HIDDEN_DIM = 0
+    p.DEC_NUM_HEADS = 0
+    p.DEC_DIM_FEEDFORWARD = 0
+    # The official block between encoder and decoder: Linear(encoder -> decoder width) ->
+    # LayerNorm -> + sin-cos positions -> one pre-norm residual MLP (hidden width: the decoder
+    # width times DIM_FEEDFORWARD / HIDDEN_DIM). Cross-attention keys then get no positions.
+    p.MEMORY_PROJECTION = False
+    # "relu" (DETR, Pretrained-Pix2Seq) or "gelu" (exact, erf form: official) in every FFN.
+    p.ACTIVATION = "relu"
+    p.LAYER_NORM_EPS = 1e-5  # the official models: 1e-6
+    # The decoder's position embedding: "learned" (one vector per position) or "none".
+    p.DECODER_POSITIONS = "learned"
+    # Rows of the learned decoder position embedding (the official checkpoints have 512);
+    # 0: as many as the longest sequence (5 * max(MAX_OBJECTS, MAX_OBJECTS_TEST) + 1).
+    p.MAX_SEQ_LEN = 0
     p.DROPOUT = 0.1
     # Stochastic depth: each residual branch of every encoder/decoder layer is dropped for this
     # fraction of the samples in training (the paper uses 0.1); 0 turns it off.
@@ -80,6 +125,17 @@ def add_pix2seq_config(cfg: CN) -> None:
     # Detection score: "class" = probability of the reported class; "class_x_coords" = that
     # times the probabilities of the four generated coordinate tokens.
     d.SCORE = "class"
+    # False: no grammar, any token the vocabulary layout lets the model emit may be generated
+    # (decoding as the peers do; use with STOP_AT_EOS False). An object then counts when the
+    # most likely token of the whole class range at its class slot is a dataset class.
+    d.GRAMMAR = True
+    # Nucleus rule: "at_least" keeps the smallest set of tokens holding at least TOP_P of the
+    # probability; "at_most" (the official release) keeps the tokens whose cumulative
+    # probability (most likely first, inclusive) is at most TOP_P, and at least the top one.
+    d.TOP_P_RULE = "at_least"
+    # Boxes from the "generated" coordinate tokens, or from the "argmax" coordinate token of each
+    # coordinate slot (Pretrained-Pix2Seq's post-processing).
+    d.BOX_FROM = "generated"
 
     # A ResNet of BasicBlocks with configurable widths, for small images and CPU training
     # (detectron2's build_resnet_backbone fixes R18/R34 at 64 stem channels).
@@ -90,6 +146,29 @@ def add_pix2seq_config(cfg: CN) -> None:
     s.DEPTHS = [1, 1, 1, 1]  # BasicBlocks per stage
     s.NORM = "BN"
     s.OUT_FEATURES = ["res5"]
+
+    # detectron2's ResNet stem max-pool pads 1 pixel on every side; "tf_same" pads like
+    # TensorFlow's SAME (0 before / 1 after on even sizes), as the official checkpoints were
+    # trained. Used by build_pix2seq_resnet_backbone.
+    cfg.MODEL.RESNETS.STEM_POOL_PADDING = "symmetric"
+
+    # The official Pix2Seq ViT (build_pix2seq_vit_backbone, pix2seq_d2/vit.py): patch embedding,
+    # LayerNorm, fixed sin-cos positions, pre-norm GELU layers, final LayerNorm; its output
+    # feature "vit" (stride PATCH_SIZE) feeds MODEL.PIX2SEQ with INPUT_PROJ "identity".
+    cfg.MODEL.VIT = CN()
+    cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.EMBED_DIM = 768
+    cfg.MODEL.VIT.DEPTH = 12
+    cfg.MODEL.VIT.NUM_HEADS = 12
+    cfg.MODEL.VIT.MLP_DIM = 3072
+    cfg.MODEL.VIT.DROP_PATH = 0.0
+    cfg.MODEL.VIT.LAYER_NORM_EPS = 1e-6
+
+    # Test-time resizing: "shortest_edge" (detectron2's ResizeShortestEdge with
+    # INPUT.MIN/MAX_SIZE_TEST) or "longest_side" (the official eval: the longest side becomes
+    # INPUT.MAX_SIZE_TEST, aspect kept, antialiased bilinear on float pixels, sizes rounded half
+    # to even).
+    cfg.INPUT.RESIZE_TEST = "shortest_edge"
 
     # Evaluate the validation sequences' likelihood (NLL/perplexity by token kind, class accuracy;
     # see pix2seq_d2/sequence_likelihood.py) next to COCO AP. The test mapper then also

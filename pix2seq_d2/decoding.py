@@ -1,9 +1,11 @@
 """Autoregressive decoding of object sequences: sampling strategies, beam search, stopping rules.
 
-The decoder emits five tokens per object. A grammar restricts every position to the tokens
-that may stand there: the first slot of an object takes a coordinate (or EOS when decoding
-stops at EOS), the next three only coordinates, the class slot only dataset classes (and the
-noise class when allowed). Every strategy obeys it.
+The decoder emits five tokens per object. A grammar (owned by the tokenizer) restricts every
+position to the tokens that may stand there: the first slot of an object takes a coordinate (or
+EOS when decoding stops at EOS), the next three only coordinates, the class slot only dataset
+classes (and the noise class when allowed). Every strategy obeys it. Without the grammar
+(``grammar=False``) the model may emit whatever its vocabulary layout lets it, as the official
+release and Pretrained-Pix2Seq decode.
 
 Two ways of running the decoder give the same tokens (tested):
 
@@ -23,8 +25,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
-from .tokenizer import CLASS_SLOT, TOKENS_PER_OBJECT, Pix2SeqTokenizer
+from .tokenizer import Pix2SeqTokenizer
 from .transformer import TokenDecoder
+
+TOP_P_RULES = ("at_least", "at_most")
+BOX_SOURCES = ("generated", "argmax")
 
 TOKEN_SELECTOR_REGISTRY = Registry("PIX2SEQ_TOKEN_SELECTOR")
 TOKEN_SELECTOR_REGISTRY.__doc__ = """Rules that pick the next token from grammar-masked logits.
@@ -45,6 +50,9 @@ class DecodingOptions:
     stop_at_eos: bool = True  # False: ignore EOS and decode exactly max_objects objects
     allow_noise_class: bool = False  # let class slots take the noise (fake) class token
     seed: int = -1  # sample: seed of the sampling generator (< 0: torch's global RNG)
+    grammar: bool = True  # False: no slot constraints (decode as the peers do)
+    top_p_rule: str = "at_least"  # "at_least" (smallest set with >= top_p) or "at_most" (official)
+    box_from: str = "generated"  # boxes from the "generated" tokens or each slot's "argmax" coordinate
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> DecodingOptions:
@@ -60,13 +68,20 @@ class DecodingOptions:
             stop_at_eos=d.STOP_AT_EOS,
             allow_noise_class=d.ALLOW_NOISE_CLASS,
             seed=d.SEED,
+            grammar=d.GRAMMAR,
+            top_p_rule=d.TOP_P_RULE,
+            box_from=d.BOX_FROM,
         )
 
     def __post_init__(self):
         if self.strategy not in ("beam", *TOKEN_SELECTOR_REGISTRY._obj_map):
             known = ["beam", *TOKEN_SELECTOR_REGISTRY._obj_map]
             raise ValueError(f"unknown decoding strategy {self.strategy!r}; known: {known}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.beam_size < 1:
+        if self.top_p_rule not in TOP_P_RULES or self.box_from not in BOX_SOURCES:
+            raise ValueError(f"top_p_rule must be one of {TOP_P_RULES} and box_from one of {BOX_SOURCES}: {self}")
+        # "at_most" keeps at least the most likely token, so top_p = 0 is meaningful there (greedy).
+        p_ok = 0 <= self.top_p <= 1 if self.top_p_rule == "at_most" else 0 < self.top_p <= 1
+        if self.temperature < 0 or not p_ok or self.top_k < 0 or self.beam_size < 1:
             raise ValueError(f"invalid decoding options: {self}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
@@ -81,7 +96,9 @@ class DecodedSequences:
 
     tokens: torch.Tensor  # int64 [B, T]
     token_logprobs: torch.Tensor  # float [B, T] log of the full-vocabulary softmax of each token
-    class_logprobs: torch.Tensor  # float [B, T // 5, C] log-softmax (full vocabulary) of each class slot
+    # float [B, K, R] log-softmax (full vocabulary) of the tokenizer's class range at each class slot
+    class_logprobs: torch.Tensor
+    coord_argmax: torch.Tensor | None = None  # int64 [B, K, 4] the most likely coordinate token of each coord slot
     logits: torch.Tensor | None = None  # float [B, T, V] raw logits, when asked for
 
     @property
@@ -96,15 +113,8 @@ def grammar_masks(
     allow_eos: bool = True,
     allow_noise_class: bool = False,
 ) -> torch.Tensor:
-    """bool ``[5, V]``: which tokens may be generated at each slot of an object."""
-    masks = torch.zeros(TOKENS_PER_OBJECT, tokenizer.vocab_size, dtype=torch.bool, device=device)
-    coord_lo, coord_hi = tokenizer.coord_token_range()
-    class_lo, class_hi = tokenizer.class_token_range()
-    masks[:CLASS_SLOT, coord_lo:coord_hi] = True
-    masks[0, tokenizer.EOS] = allow_eos
-    masks[CLASS_SLOT, class_lo:class_hi] = True
-    masks[CLASS_SLOT, tokenizer.NOISE] = allow_noise_class
-    return masks
+    """bool ``[5, V]``: which tokens may be generated at each slot of an object (the tokenizer's grammar)."""
+    return tokenizer.grammar(device, allow_eos=allow_eos, allow_noise_class=allow_noise_class)
 
 
 # ---- token selection ------------------------------------------------------------------------
@@ -114,18 +124,34 @@ def greedy(logits: torch.Tensor, options: DecodingOptions, generator: torch.Gene
     return logits.argmax(-1)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf every token outside the ``top_k`` most likely and outside the nucleus ``top_p``."""
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, top_p_rule: str = "at_least") -> torch.Tensor:
+    """Set to -inf every token outside the ``top_k`` most likely (ties at the k-th kept) and
+    outside the nucleus ``top_p``.
+
+    ``top_p_rule`` "at_least": the smallest set of most likely tokens holding at least ``top_p``
+    of the probability. "at_most" (the official release's ``top_logits``): the tokens whose
+    inclusive cumulative probability, most likely first, is at most ``top_p``, and at least the
+    most likely one; ties with the least likely kept token are kept. For probabilities
+    .35/.30/.20/.15 and p = 0.4, "at_least" keeps two tokens and "at_most" one.
+    """
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [N, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens more likely than it already hold top_p of the mass.
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        if top_p_rule == "at_least":
+            # Drop a token when the tokens more likely than it already hold top_p of the mass.
+            drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        elif top_p_rule == "at_most":
+            within = probs.cumsum(-1) <= top_p  # a prefix of the sorted tokens
+            within[..., 0] = True
+            threshold = sorted_logits.gather(-1, within.sum(-1, keepdim=True) - 1)  # [N, 1]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        else:
+            raise ValueError(f"unknown top_p_rule {top_p_rule!r}; known: {TOP_P_RULES}")
     return logits
 
 
@@ -134,7 +160,7 @@ def sample(logits: torch.Tensor, options: DecodingOptions, generator: torch.Gene
     """Sample from the allowed tokens after temperature, top-k and top-p (nucleus) filtering."""
     if options.temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / options.temperature, options.top_k, options.top_p)
+    logits = filter_logits(logits.float() / options.temperature, options.top_k, options.top_p, options.top_p_rule)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
@@ -147,8 +173,8 @@ class DecoderSteps:
         self,
         decoder: TokenDecoder,
         memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        memory_padding: torch.Tensor,
+        memory_pos: torch.Tensor | None,
+        memory_padding: torch.Tensor | None,
         max_len: int,
         use_cache: bool,
     ):
@@ -168,18 +194,41 @@ class DecoderSteps:
         if self.cache is not None:
             self.cache.select(rows, memory_unchanged)
         elif not memory_unchanged:
-            self.memory, self.memory_pos = self.memory[rows], self.memory_pos[rows]
-            self.memory_padding = self.memory_padding[rows]
+            self.memory = self.memory[rows]
+            self.memory_pos = None if self.memory_pos is None else self.memory_pos[rows]
+            self.memory_padding = None if self.memory_padding is None else self.memory_padding[rows]
 
 
 def _forbidden_tokens(tokenizer: Pix2SeqTokenizer, options: DecodingOptions, device) -> torch.Tensor:
-    """bool ``[5, V]``: the tokens the grammar forbids at each slot, for these options."""
-    return ~grammar_masks(tokenizer, device, allow_eos=options.stop_at_eos, allow_noise_class=options.allow_noise_class)
+    """bool ``[5, V]``: the tokens forbidden at each slot, for these options."""
+    if not options.grammar:
+        return ~tokenizer.generatable(device).expand(tokenizer.tokens_per_object, -1)
+    allowed = tokenizer.grammar(device, allow_eos=options.stop_at_eos, allow_noise_class=options.allow_noise_class)
+    return ~allowed
 
 
-def _class_logprobs(logprobs: torch.Tensor, tokenizer: Pix2SeqTokenizer) -> torch.Tensor:
-    lo, hi = tokenizer.class_token_range()
-    return logprobs[..., lo:hi]
+class SlotRecorder:
+    """What decoding keeps per object slot besides the tokens: the class range's log-probabilities
+    at class slots and the most likely coordinate token at coordinate slots."""
+
+    def __init__(self, tokenizer: Pix2SeqTokenizer, rows: int, max_objects: int, device):
+        self.tokenizer = tokenizer
+        lo, hi = tokenizer.class_token_range()
+        self.class_logprobs = torch.zeros(rows, max_objects, hi - lo, device=device)
+        self.coord_argmax = torch.zeros(rows, max_objects, tokenizer.class_slot, dtype=torch.long, device=device)
+
+    def record(self, rows: torch.Tensor | slice, t: int, logprobs: torch.Tensor) -> None:
+        """``logprobs [N, V]`` of step ``t`` for batch ``rows``."""
+        obj, slot = divmod(t, self.tokenizer.tokens_per_object)
+        if slot == self.tokenizer.class_slot:
+            lo, hi = self.tokenizer.class_token_range()
+            self.class_logprobs[rows, obj] = logprobs[:, lo:hi]
+        else:
+            lo, hi = self.tokenizer.coord_token_range()
+            self.coord_argmax[rows, obj, slot] = logprobs[:, lo:hi].argmax(-1) + lo
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.class_logprobs, self.coord_argmax = self.class_logprobs[rows], self.coord_argmax[rows]
 
 
 @torch.no_grad()
@@ -205,7 +254,8 @@ def decode(
         return beam_search(decoder, tokenizer, memory, memory_pos, memory_padding, options, use_cache, return_logits)
     select = TOKEN_SELECTOR_REGISTRY.get(options.strategy)
     b, device = memory.shape[0], memory.device
-    max_len = options.max_objects * TOKENS_PER_OBJECT
+    tpo = tokenizer.tokens_per_object
+    max_len = options.max_objects * tpo
     forbidden = _forbidden_tokens(tokenizer, options, device)
     generator = None
     if options.seed >= 0:
@@ -214,7 +264,7 @@ def decode(
     tokens = torch.full((b, max_len + 1), tokenizer.PAD, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.START
     token_logprobs = torch.zeros(b, max_len, device=device)
-    class_logprobs = torch.zeros(b, options.max_objects, tokenizer.num_classes, device=device)
+    slots = SlotRecorder(tokenizer, b, options.max_objects, device)
     all_logits = memory.new_zeros(b, max_len, tokenizer.vocab_size) if return_logits else None
     steps = DecoderSteps(decoder, memory, memory_pos, memory_padding, max_len, use_cache)
     active = torch.arange(b, device=device)  # batch rows still decoding
@@ -222,15 +272,15 @@ def decode(
     for t in range(max_len):
         logits = steps.next_logits(tokens[active, : t + 1])  # [A, V]
         logprobs = logits.float().log_softmax(-1)
-        slot = t % TOKENS_PER_OBJECT
-        choice = select(logits.masked_fill(forbidden[slot], float("-inf")), options, generator)  # [A]
+        choice = select(logits.masked_fill(forbidden[t % tpo], float("-inf")), options, generator)  # [A]
         tokens[active, t + 1] = choice
         token_logprobs[active, t] = logprobs.gather(1, choice[:, None])[:, 0]
-        if slot == CLASS_SLOT:
-            class_logprobs[active, t // TOKENS_PER_OBJECT] = _class_logprobs(logprobs, tokenizer)
+        slots.record(active, t, logprobs)
         if all_logits is not None:
             all_logits[active, t] = logits
         length = t + 1
+        if not options.stop_at_eos:
+            continue
         ended = choice == tokenizer.EOS
         if bool(ended.any()):
             if bool(ended.all()):
@@ -238,7 +288,9 @@ def decode(
             active = active[~ended]  # finished images leave the batch
             steps.select((~ended).nonzero()[:, 0])
     out_logits = all_logits[:, :length] if all_logits is not None else None
-    return DecodedSequences(tokens[:, 1 : length + 1], token_logprobs[:, :length], class_logprobs, out_logits)
+    return DecodedSequences(
+        tokens[:, 1 : length + 1], token_logprobs[:, :length], slots.class_logprobs, slots.coord_argmax, out_logits
+    )
 
 
 @torch.no_grad()
@@ -263,18 +315,24 @@ def beam_search(
     """
     b, device = memory.shape[0], memory.device
     w, v = options.beam_size, tokenizer.vocab_size
-    max_len = options.max_objects * TOKENS_PER_OBJECT
+    tpo = tokenizer.tokens_per_object
+    max_len = options.max_objects * tpo
     forbidden = _forbidden_tokens(tokenizer, options, device)
     penalty = options.length_penalty
 
     def expand(x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B*W, ...], beams of an image adjacent
         return x.repeat_interleave(w, dim=0)
 
-    steps = DecoderSteps(decoder, expand(memory), expand(memory_pos), expand(memory_padding), max_len, use_cache)
+    def expand_optional(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else expand(x)
+
+    steps = DecoderSteps(
+        decoder, expand(memory), expand_optional(memory_pos), expand_optional(memory_padding), max_len, use_cache
+    )
     tokens = torch.full((b * w, max_len + 1), tokenizer.PAD, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.START
     token_logprobs = torch.zeros(b * w, max_len, device=device)
-    class_logprobs = torch.zeros(b * w, options.max_objects, tokenizer.num_classes, device=device)
+    slots = SlotRecorder(tokenizer, b * w, options.max_objects, device)
     all_logits = memory.new_zeros(b * w, max_len, v) if return_logits else None
     # Only the first beam of each image is live at the start, so that the first step does not
     # pick W copies of the same token.
@@ -283,7 +341,8 @@ def beam_search(
     best = DecodedSequences(
         tokens=torch.full((b, max_len), tokenizer.PAD, dtype=torch.long, device=device),
         token_logprobs=torch.zeros(b, max_len, device=device),
-        class_logprobs=torch.zeros(b, options.max_objects, tokenizer.num_classes, device=device),
+        class_logprobs=torch.zeros_like(slots.class_logprobs[:b]),
+        coord_argmax=torch.zeros_like(slots.coord_argmax[:b]),
         logits=memory.new_zeros(b, max_len, v) if return_logits else None,
     )
     best_scores = torch.full((b,), float("-inf"), device=device)
@@ -304,7 +363,8 @@ def beam_search(
         if eos_logprob is not None:
             best.tokens[better, n] = tokenizer.EOS
             best.token_logprobs[better, n] = eos_logprob[better]
-        best.class_logprobs[better] = class_logprobs[src]
+        best.class_logprobs[better] = slots.class_logprobs[src]
+        best.coord_argmax[better] = slots.coord_argmax[src]
         if best.logits is not None:
             best.logits[better] = 0.0
             best.logits[better, :length] = all_logits[src, :length]
@@ -312,12 +372,10 @@ def beam_search(
     for t in range(max_len):
         logits = steps.next_logits(tokens[:, : t + 1])  # [B*W, V]
         logprobs = logits.float().log_softmax(-1)
-        slot = t % TOKENS_PER_OBJECT
-        if slot == CLASS_SLOT:
-            class_logprobs[:, t // TOKENS_PER_OBJECT] = _class_logprobs(logprobs, tokenizer)
+        slots.record(slice(None), t, logprobs)
         if all_logits is not None:
             all_logits[:, t] = logits
-        masked = logprobs.masked_fill(forbidden[slot], float("-inf"))
+        masked = logprobs.masked_fill(forbidden[t % tpo], float("-inf"))
         candidates = (beam_scores.reshape(-1, 1) + masked).reshape(b, w * v)
         top_scores, top_index = candidates.topk(min(2 * w, w * v), dim=-1)  # [B, 2W]
         parent = top_index // v + torch.arange(b, device=device)[:, None] * w  # flat rows
@@ -326,7 +384,7 @@ def beam_search(
         finishing = is_eos.clone()
         finishing[:, w:] = False  # an EOS extension finishes only if it ranks among the best W
         if bool(finishing.any()):
-            num_objects = max(t // TOKENS_PER_OBJECT, 1)
+            num_objects = max(t // tpo, 1)
             ranked = (top_scores / num_objects**penalty).masked_fill(~finishing, float("-inf"))
             score, pick = ranked.max(-1)
             src = parent.gather(1, pick[:, None])[:, 0]
@@ -338,7 +396,7 @@ def beam_search(
         tokens[:, t + 1] = chosen
         token_logprobs = token_logprobs[rows]
         token_logprobs[:, t] = logprobs[rows, chosen]
-        class_logprobs = class_logprobs[rows]
+        slots.select(rows)
         if all_logits is not None:
             all_logits = all_logits[rows]
         steps.select(rows, memory_unchanged=True)  # beams never move between images

@@ -20,15 +20,43 @@ from torch import nn
 from .dataset_mapper import expand_views
 from .decoding import DecodedSequences, DecodingOptions, decode
 from .input_checks import check_finite_loss
-from .tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
-from .transformer import TokenDecoder, TransformerEncoder, sine_position_encoding
+from .tokenizer import Pix2SeqTokenizer
+from .transformer import (
+    MemoryProjection,
+    TokenDecoder,
+    TransformerEncoder,
+    sincos_position_table,
+    sine_position_encoding,
+)
 
-__all__ = ["Pix2Seq", "pad_sequences"]
+POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
+INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
+
+__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection"]
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
     """Right-pad 1-D tensors to the longest one in the batch -> ``[B, T_max]``."""
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_value)
+
+
+def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: float = 1e-5) -> nn.Module:
+    """The layer from backbone channels to the encoder width (``MODEL.PIX2SEQ.INPUT_PROJ``).
+
+    "conv" and "conv_gn" act on the feature map ``[B, C, h, w]``; "linear_ln" and "identity" on
+    the flattened positions ``[B, h*w, C]`` (see :meth:`Pix2Seq.encode`).
+    """
+    if kind == "conv":
+        return nn.Conv2d(in_channels, dim, kernel_size=1)
+    if kind == "conv_gn":
+        return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=1), nn.GroupNorm(32, dim))
+    if kind == "linear_ln":
+        return nn.Sequential(nn.Linear(in_channels, dim), nn.LayerNorm(dim, eps=norm_eps))
+    if kind == "identity":
+        if in_channels != dim:
+            raise ValueError(f"INPUT_PROJ 'identity' needs backbone channels ({in_channels}) = HIDDEN_DIM ({dim})")
+        return nn.Identity()
+    raise ValueError(f"unknown MODEL.PIX2SEQ.INPUT_PROJ {kind!r}; known: {INPUT_PROJECTIONS}")
 
 
 @META_ARCH_REGISTRY.register()
@@ -50,12 +78,40 @@ class Pix2Seq(nn.Module):
         score_mode: str = "class",
         score_thresh_test: float = 0.0,
         detections_per_image: int = 100,
+        input_proj: str = "conv",
+        position_encoding: str = "sine",
+        use_padding_mask: bool = True,
+        pad_to_square: int = 0,
+        pad_value: float = 0.0,
+        memory_projection: MemoryProjection | None = None,
+        norm_eps: float = 1e-5,
     ):
+        """
+        Args:
+            encoder: the transformer encoder; its width is that of its first layer (or the
+                decoder's when it has none and no memory projection).
+            input_proj, position_encoding, use_padding_mask, pad_to_square, pad_value,
+            memory_projection: see ``MODEL.PIX2SEQ`` in pix2seq_d2/config.py.
+        """
         super().__init__()
+        if position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"unknown MODEL.PIX2SEQ.POSITION_ENCODING {position_encoding!r}; known: {POSITION_ENCODINGS}"
+            )
         self.backbone = backbone
         self.in_feature = in_feature
-        hidden_dim = decoder.token_embed.embedding_dim
-        self.input_proj = nn.Conv2d(backbone.output_shape()[in_feature].channels, hidden_dim, kernel_size=1)
+        enc_dim = (
+            memory_projection.proj.in_features if memory_projection is not None else decoder.token_embed.embedding_dim
+        )
+        self.input_proj = build_input_projection(
+            input_proj, backbone.output_shape()[in_feature].channels, enc_dim, norm_eps
+        )
+        self.input_proj_on_positions = input_proj in ("linear_ln", "identity")
+        self.position_encoding = position_encoding
+        self.use_padding_mask = use_padding_mask
+        self.pad_to_square = pad_to_square
+        self.pad_value = pad_value
+        self.memory_projection = memory_projection
         self.encoder = encoder
         self.decoder = decoder
         self.tokenizer = tokenizer
@@ -76,21 +132,43 @@ class Pix2Seq(nn.Module):
                 f"(it gives {sorted(backbone.output_shape())})"
             )
         tokenizer = Pix2SeqTokenizer.from_config(cfg)
-        max_len = TOKENS_PER_OBJECT * max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) + 1
-        layer_args = dict(
-            dim=p.HIDDEN_DIM,
-            num_heads=p.NUM_HEADS,
-            ffn_dim=p.DIM_FEEDFORWARD,
+        max_len = p.MAX_SEQ_LEN or tokenizer.sequence_length(max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST))
+        common = dict(
             dropout=p.DROPOUT,
             pre_norm=p.PRE_NORM,
             drop_path=p.DROP_PATH,
+            activation=p.ACTIVATION,
+            norm_eps=p.LAYER_NORM_EPS,
         )
+        dec_dim = p.DEC_HIDDEN_DIM or p.HIDDEN_DIM
+        if p.DECODER_POSITIONS not in ("learned", "none"):
+            raise ValueError(
+                f"MODEL.PIX2SEQ.DECODER_POSITIONS must be 'learned' or 'none', got {p.DECODER_POSITIONS!r}"
+            )
+        if not p.MEMORY_PROJECTION and dec_dim != p.HIDDEN_DIM:
+            raise ValueError(
+                f"MODEL.PIX2SEQ.DEC_HIDDEN_DIM ({dec_dim}) differs from HIDDEN_DIM ({p.HIDDEN_DIM}): "
+                "set MEMORY_PROJECTION True to project the encoder output to the decoder width"
+            )
+        memory_projection = None
+        if p.MEMORY_PROJECTION:
+            ratio = p.DIM_FEEDFORWARD // p.HIDDEN_DIM
+            memory_projection = MemoryProjection(p.HIDDEN_DIM, dec_dim, dec_dim * ratio, p.ACTIVATION, p.LAYER_NORM_EPS)
         return {
             "backbone": backbone,
             "in_feature": p.IN_FEATURE,
-            "encoder": TransformerEncoder(p.ENC_LAYERS, **layer_args),
+            "encoder": TransformerEncoder(p.ENC_LAYERS, p.HIDDEN_DIM, p.NUM_HEADS, p.DIM_FEEDFORWARD, **common),
             "decoder": TokenDecoder(
-                tokenizer.vocab_size, max_len, p.DEC_LAYERS, share_embedding=p.SHARE_EMBEDDING, **layer_args
+                tokenizer.vocab_size,
+                max_len,
+                p.DEC_LAYERS,
+                dec_dim,
+                p.DEC_NUM_HEADS or p.NUM_HEADS,
+                p.DEC_DIM_FEEDFORWARD or p.DIM_FEEDFORWARD,
+                share_embedding=p.SHARE_EMBEDDING,
+                input_vocab_size=tokenizer.input_vocab_size,
+                learned_positions=p.DECODER_POSITIONS == "learned",
+                **common,
             ),
             "tokenizer": tokenizer,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -99,6 +177,13 @@ class Pix2Seq(nn.Module):
             "score_mode": p.DECODE.SCORE,
             "score_thresh_test": p.SCORE_THRESH_TEST,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "input_proj": p.INPUT_PROJ,
+            "position_encoding": p.POSITION_ENCODING,
+            "use_padding_mask": p.USE_PADDING_MASK,
+            "pad_to_square": p.PAD_TO_SQUARE,
+            "pad_value": p.PAD_VALUE,
+            "memory_projection": memory_projection,
+            "norm_eps": p.LAYER_NORM_EPS,
         }
 
     @property
@@ -107,22 +192,46 @@ class Pix2Seq(nn.Module):
 
     # ---- image -> encoder memory ---------------------------------------------------------
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        """Normalise and batch the images (padded at the bottom/right)."""
+        """Normalise and batch the images (padded at the bottom/right with ``PAD_VALUE``, to a
+        ``PAD_TO_SQUARE`` square when set)."""
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        if self.pad_to_square:
+            too_big = [tuple(x.shape[-2:]) for x in images if max(x.shape[-2:]) > self.pad_to_square]
+            if too_big:
+                raise ValueError(
+                    f"images of size {too_big} do not fit MODEL.PIX2SEQ.PAD_TO_SQUARE={self.pad_to_square}: "
+                    "resize them to at most that (INPUT.RESIZE_TEST 'longest_side', INPUT.MAX_SIZE_TEST)"
+                )
+        constraints = {"square_size": self.pad_to_square} if self.pad_to_square else None
+        return ImageList.from_tensors(images, self.backbone.size_divisibility, self.pad_value, constraints)
 
-    def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> encoder memory ``[B, S, D]``, its position encoding ``[B, S, D]``, padding ``[B, S]``."""
+    def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> memory ``[B, S, D]`` for the decoder, the positions its cross-attention keys get
+        ``[B, S, D]`` (None: none), and its padding ``[B, S]`` (None: nothing masked)."""
         feature = self.backbone(images.tensor)[self.in_feature]  # [B, C, h, w]
         b, _, h_img, w_img = images.tensor.shape
-        padding = torch.ones(b, h_img, w_img, dtype=torch.bool, device=self.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            padding[i, :h, :w] = False
-        padding = F.interpolate(padding[None].float(), size=feature.shape[-2:])[0].bool()  # [B, h, w]
-        src = self.input_proj(feature).flatten(2).transpose(1, 2)  # [B, S, D]
-        pos = sine_position_encoding(padding, src.shape[-1]).to(src.dtype)
-        padding = padding.flatten(1)
-        return self.encoder(src, pos, padding), pos, padding
+        grid_hw = tuple(feature.shape[-2:])
+        padding = torch.zeros(b, h_img, w_img, dtype=torch.bool, device=self.device)
+        if self.use_padding_mask:
+            padding[:] = True
+            for i, (h, w) in enumerate(images.image_sizes):
+                padding[i, :h, :w] = False
+        padding = F.interpolate(padding[None].float(), size=grid_hw)[0].bool()  # [B, h, w]
+        if self.input_proj_on_positions:
+            src = self.input_proj(feature.flatten(2).transpose(1, 2))  # [B, S, D]
+        else:
+            src = self.input_proj(feature).flatten(2).transpose(1, 2)  # [B, S, D]
+        pos = None  # positions inside every attention layer (DETR's sine)
+        if self.position_encoding.startswith("sine"):
+            normalize = self.position_encoding == "sine"
+            pos = sine_position_encoding(padding, src.shape[-1], normalize=normalize).to(src.dtype)
+        elif self.position_encoding == "sincos":
+            src = src + sincos_position_table(*grid_hw, src.shape[-1], device=src.device).to(src.dtype)
+        padding = padding.flatten(1) if self.use_padding_mask else None
+        memory = self.encoder(src, pos, padding)
+        if self.memory_projection is not None:
+            return self.memory_projection(memory, grid_hw), None, padding
+        return memory, pos, padding
 
     # ---- training ------------------------------------------------------------------------
     def forward(self, batched_inputs: list[dict]):
@@ -229,8 +338,15 @@ class Pix2Seq(nn.Module):
         """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
         rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
         sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
+        coord_tokens = sequences.coord_argmax if self.decoding.box_from == "argmax" else None
         objects = self.tokenizer.decode(
-            sequences.tokens, sequences.token_logprobs, sequences.class_logprobs, sizes, self.score_mode
+            sequences.tokens,
+            sequences.token_logprobs,
+            sequences.class_logprobs,
+            sizes,
+            self.score_mode,
+            constrained=self.decoding.grammar,
+            coord_tokens=coord_tokens,
         )
         results = []
         for i, image_size in enumerate(images.image_sizes):

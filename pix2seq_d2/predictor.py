@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import Metadata, MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .augmentation import build_test_resize
 from .checkpoint import load_inference_weights
 
 __all__ = ["Pix2SeqPredictor"]
@@ -45,7 +45,7 @@ class Pix2SeqPredictor:
         self.model.eval()
         load_inference_weights(self.cfg, self.model)
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else Metadata()
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in IMAGE_FORMATS:
             raise ValueError(f"INPUT.FORMAT must be one of {IMAGE_FORMATS}, got {self.input_format!r}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenizer import CLASS_SLOT, TOKENS_PER_OBJECT, Pix2SeqTokenizer, TokenizedObjects
+from .tokenizer import Pix2SeqTokenizer, TokenizedObjects
 
 CLASS_CORRUPTIONS = ("none", "rand_cls", "real_n_fake_cls", "rand_n_fake_cls", "real_n_rand_n_fake_cls")
 NOISE_BOX_KINDS = ("random", "jitter", "duplicate")
@@ -85,7 +85,7 @@ class SequenceAugmentation:
     ) -> torch.Tensor:
         """Input class tokens ``[n]`` from target class tokens ``[n]`` (class or NOISE tokens)."""
         n = target_classes.numel()
-        random_real = torch.randint(tokenizer.num_classes, (n,), generator=generator) + tokenizer.class_offset
+        random_real = tokenizer.class_tokens[torch.randint(tokenizer.num_classes, (n,), generator=generator)]
         noise = torch.full_like(target_classes, tokenizer.NOISE)
         u = torch.rand(n, generator=generator)
         choices = {
@@ -120,17 +120,12 @@ class SequenceAugmentation:
         plain = tokenizer.encode(boxes_xyxy, classes, image_hw)
         noise = self.noise_boxes(boxes_xyxy, image_hw, self.max_objects - num_real, generator)
         noise_tokens = tokenizer.object_tokens(noise, torch.zeros(len(noise), dtype=torch.long), image_hw)
-        noise_tokens[:, CLASS_SLOT] = tokenizer.NOISE
-        objects = torch.cat([plain.target[:-1].reshape(-1, TOKENS_PER_OBJECT), noise_tokens])  # [M, 5]
-        weights = torch.ones(self.max_objects, TOKENS_PER_OBJECT)
-        weights[num_real:, :CLASS_SLOT] = 0.0
-        weights[num_real:, CLASS_SLOT] = self.noise_class_weight
+        tpo, cs = tokenizer.tokens_per_object, tokenizer.class_slot
+        noise_tokens[:, cs] = tokenizer.NOISE
+        objects = torch.cat([plain.target[:-1].reshape(-1, tpo), noise_tokens])  # [M, 5]
+        weights = torch.ones(self.max_objects, tpo)
+        weights[num_real:, :cs] = 0.0
+        weights[num_real:, cs] = self.noise_class_weight
         inputs = objects.clone()
-        inputs[:, CLASS_SLOT] = self.corrupt_input_classes(objects[:, CLASS_SLOT], tokenizer, generator)
-        start = objects.new_full((1,), tokenizer.START)
-        eos = objects.new_full((1,), tokenizer.EOS)
-        return TokenizedObjects(
-            input=torch.cat([start, inputs.reshape(-1)]),
-            target=torch.cat([objects.reshape(-1), eos]),
-            weight=torch.cat([weights.reshape(-1), torch.tensor([tokenizer.eos_weight])]),
-        )
+        inputs[:, cs] = self.corrupt_input_classes(objects[:, cs], tokenizer, generator)
+        return tokenizer.wrap(objects.reshape(-1), weights.reshape(-1), inputs.reshape(-1))

@@ -47,12 +47,7 @@ class SequenceLikelihoodEvaluator(DatasetEvaluator):
 
     def token_kinds(self, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Boolean masks over ``target`` for each token kind (PAD belongs to none)."""
-        tok = self.tokenizer
-        return {
-            "coord": target >= tok.coord_offset,
-            "class": (target >= tok.NOISE) & (target < tok.coord_offset),
-            "eos": target == tok.EOS,
-        }
+        return self.tokenizer.token_kinds(target)
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for output in outputs:

@@ -2,6 +2,9 @@
 
 Layer layout follows DETR (``self_attn``, ``multihead_attn``, ``linear1/2``, ``norm1/2/3``;
 post-norm by default, pre-norm optional) so that public checkpoints can be mapped onto it.
+Activation (ReLU or exact GELU), LayerNorm eps, where positions enter (every attention layer,
+as DETR, or once at the input, as the official release) and the decoder's position embedding
+are options, so that the official Pix2Seq and Pretrained-Pix2Seq models are expressible exactly.
 The decoder supports two ways of running:
 
 * ``forward(tokens, memory)``: all positions at once with a causal mask (training, and the
@@ -21,12 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sine_position_encoding(padding_mask: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """2-D sine position encoding normalised by each image's own (unpadded) extent.
+def sine_position_encoding(
+    padding_mask: torch.Tensor, dim: int, temperature: float = 10000.0, normalize: bool = True
+) -> torch.Tensor:
+    """DETR's 2-D sine position encoding (sin/cos interleaved, y half first).
 
     Args:
         padding_mask: bool ``[B, H, W]``, True on batch padding.
         dim: encoding size (half for y, half for x).
+        normalize: True: positions scaled to (0, 2*pi) by each image's own (unpadded) extent;
+            False: raw positions 1..n (Pretrained-Pix2Seq).
     Returns:
         float ``[B, H*W, dim]``.
     """
@@ -36,8 +43,9 @@ def sine_position_encoding(padding_mask: torch.Tensor, dim: int, temperature: fl
     eps = 1e-6
     y = not_pad.cumsum(1)  # [B, H, W]
     x = not_pad.cumsum(2)
-    y = (y - 0.5) / (y[:, -1:, :] + eps) * 2 * math.pi
-    x = (x - 0.5) / (x[:, :, -1:] + eps) * 2 * math.pi
+    if normalize:
+        y = (y - 0.5) / (y[:, -1:, :] + eps) * 2 * math.pi
+        x = (x - 0.5) / (x[:, :, -1:] + eps) * 2 * math.pi
     half = dim // 2
     freq = temperature ** (2 * (torch.arange(half, device=padding_mask.device) // 2) / half)  # [half]
     pos_x = x[..., None] / freq  # [B, H, W, half]
@@ -45,6 +53,34 @@ def sine_position_encoding(padding_mask: torch.Tensor, dim: int, temperature: fl
     pos_x = torch.stack([pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()], dim=-1).flatten(3)
     pos_y = torch.stack([pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()], dim=-1).flatten(3)
     return torch.cat([pos_y, pos_x], dim=-1).flatten(1, 2)
+
+
+def sincos_position_table(height: int, width: int, dim: int, device=None) -> torch.Tensor:
+    """The official release's fixed 2-D sin-cos table, ``[H*W, dim]`` (row-major positions).
+
+    y fills the first ``dim/2`` channels and x the last; within each half a block of sines then a
+    block of cosines of ``c * f_m``, ``f_m = 10000^(-2m / (dim/2))``, ``c = i / (n-1) * 6.2831852``
+    (the release's constant). A grid of one row or column gets a 1-D table over its positions.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"position table size must be divisible by 4, got {dim}")
+
+    def table(n: int, d: int) -> torch.Tensor:  # [n, d]
+        coord = torch.arange(n, dtype=torch.float64, device=device) / max(n - 1, 1) * 6.2831852
+        freq = 10000.0 ** (-2 * torch.arange(d // 2, dtype=torch.float64, device=device) / d)
+        angle = coord[:, None] * freq[None]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+    if height == 1 or width == 1:
+        return table(height * width, dim).float()
+    y = table(height, dim // 2)[:, None].expand(height, width, dim // 2)
+    x = table(width, dim // 2)[None].expand(height, width, dim // 2)
+    return torch.cat([y, x], dim=-1).reshape(height * width, dim).float()
+
+
+def add_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """``x + pos``, or ``x`` where positions do not enter (``pos`` None)."""
+    return x if pos is None else x + pos
 
 
 class MultiHeadAttention(nn.Module):
@@ -114,36 +150,53 @@ class DropPath(nn.Module):
         return f"rate={self.rate}"
 
 
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # gelu: the exact (erf) form
+
+
 class FeedForward(nn.Module):
     """The position-wise MLP of a transformer layer (DETR's ``linear1``/``linear2`` names)."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str = "relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return self.linear2(self.dropout(ACTIVATIONS[self.activation](self.linear1(x))))
 
 
 class EncoderLayer(nn.Module):
     """Self-attention over image positions (padding masked) + FFN."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        drop_path: float = 0.0,
+        activation: str = "relu",
+        norm_eps: float = 1e-5,
+    ):
         super().__init__()
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
         self.pre_norm = pre_norm
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        # src, pos: [B, S, D]; attn_mask: bool [B, 1, 1, S], True = may attend
+    def forward(self, src: torch.Tensor, pos: torch.Tensor | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        # src, pos: [B, S, D] (pos None: no positions inside attention); attn_mask: bool [B, 1, 1, S]
         x = self.norm1(src) if self.pre_norm else src
-        src = src + self.drop_path(self.dropout(self.self_attn(x + pos, x + pos, x, attn_mask)))
+        q = add_pos(x, pos)
+        src = src + self.drop_path(self.dropout(self.self_attn(q, q, x, attn_mask)))
         src = src if self.pre_norm else self.norm1(src)
         x = self.norm2(src) if self.pre_norm else src
         src = src + self.drop_path(self.dropout(self.ffn(x)))
@@ -151,7 +204,7 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of encoder layers (with a final norm in the pre-norm layout)."""
+    """A stack of encoder layers (with a final norm in the pre-norm layout; none layers: the identity)."""
 
     def __init__(
         self,
@@ -162,19 +215,28 @@ class TransformerEncoder(nn.Module):
         dropout: float,
         pre_norm: bool,
         drop_path: float = 0.0,
+        activation: str = "relu",
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path) for _ in range(num_layers)
+            EncoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path, activation, norm_eps)
+            for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if pre_norm and num_layers else nn.Identity()
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """``src``/``pos`` ``[B, S, D]``, ``padding_mask`` bool ``[B, S]`` (True on padding) -> ``[B, S, D]``."""
-        attn_mask = (~padding_mask)[:, None, None, :]
+    def forward(self, src: torch.Tensor, pos: torch.Tensor | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``src``/``pos`` ``[B, S, D]``, ``padding_mask`` bool ``[B, S]`` (True on padding) -> ``[B, S, D]``.
+        ``pos`` None: no positions inside attention; ``padding_mask`` None: every position is attended to."""
+        attn_mask = _attend_mask(padding_mask)
         for layer in self.layers:
             src = layer(src, pos, attn_mask)
         return self.norm(src)
+
+
+def _attend_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
+    """bool ``[B, S]`` padding (True on padding) -> attention mask ``[B, 1, 1, S]`` (True = may attend)."""
+    return None if padding is None else (~padding)[:, None, None, :]
 
 
 @dataclass
@@ -189,7 +251,7 @@ class DecoderCache:
     self_v: torch.Tensor  # [L, B, H, T_max, Dh]
     cross_k: torch.Tensor  # [L, B, H, S, Dh]
     cross_v: torch.Tensor  # [L, B, H, S, Dh]
-    memory_mask: torch.Tensor  # bool [B, 1, 1, S], True = may attend
+    memory_mask: torch.Tensor | None  # bool [B, 1, 1, S], True = may attend (None: all)
     length: int = 0
 
     def select(self, rows: torch.Tensor, memory_unchanged: bool = False) -> None:
@@ -201,28 +263,38 @@ class DecoderCache:
         self.self_k, self.self_v = self.self_k[:, :n], self.self_v[:, :n]
         if not memory_unchanged:
             self.cross_k, self.cross_v = self.cross_k[:, rows], self.cross_v[:, rows]
-            self.memory_mask = self.memory_mask[rows]
+            self.memory_mask = None if self.memory_mask is None else self.memory_mask[rows]
 
 
 class DecoderLayer(nn.Module):
     """Causal self-attention over tokens, cross-attention to the image, FFN."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, pre_norm: bool, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        drop_path: float = 0.0,
+        activation: str = "relu",
+        norm_eps: float = 1e-5,
+    ):
         super().__init__()
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.multihead_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
         self.pre_norm = pre_norm
 
-    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys/values of the encoder memory, ``[B, H, S, Dh]`` each."""
+    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of the encoder memory, ``[B, H, S, Dh]`` each (positions on keys only)."""
         attn = self.multihead_attn
-        return attn.split_heads(attn.k_proj(memory + memory_pos)), attn.split_heads(attn.v_proj(memory))
+        return attn.split_heads(attn.k_proj(add_pos(memory, memory_pos))), attn.split_heads(attn.v_proj(memory))
 
     def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
         if self.pre_norm:
@@ -234,7 +306,7 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         memory_k: torch.Tensor,
         memory_v: torch.Tensor,
-        memory_mask: torch.Tensor,
+        memory_mask: torch.Tensor | None,
         cache: DecoderCache | None = None,
         layer_index: int = 0,
     ) -> torch.Tensor:
@@ -268,7 +340,7 @@ class DecoderLayer(nn.Module):
 
 
 class TokenDecoder(nn.Module):
-    """Autoregressive decoder: token + learned position embeddings -> layers -> vocabulary logits."""
+    """Autoregressive decoder: token (+ learned position) embeddings -> layers -> vocabulary logits."""
 
     def __init__(
         self,
@@ -282,50 +354,77 @@ class TokenDecoder(nn.Module):
         pre_norm: bool,
         share_embedding: bool,
         drop_path: float = 0.0,
+        activation: str = "relu",
+        norm_eps: float = 1e-5,
+        input_vocab_size: int | None = None,
+        learned_positions: bool = True,
     ):
+        """
+        Args:
+            vocab_size: output vocabulary (logits per position).
+            input_vocab_size: rows of the input token embedding (default ``vocab_size``); larger when
+                some tokens are input-only (a separate START embedding). A shared output layer uses
+                the first ``vocab_size`` rows.
+            learned_positions: add a learned embedding of each position (False: no positions at all).
+        """
         super().__init__()
         self.max_len = max_len
         self.num_heads = num_heads
-        self.token_embed = nn.Embedding(vocab_size, dim)
-        self.pos_embed = nn.Embedding(max_len, dim)
+        self.vocab_size = vocab_size
+        self.token_embed = nn.Embedding(input_vocab_size or vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_len, dim) if learned_positions else None
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path) for _ in range(num_layers)
+            DecoderLayer(dim, num_heads, ffn_dim, dropout, pre_norm, drop_path, activation, norm_eps)
+            for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.output_proj = None if share_embedding else nn.Linear(dim, vocab_size, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         nn.init.normal_(self.token_embed.weight, std=dim**-0.5)
-        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed.weight, std=0.02)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
-        weight = self.token_embed.weight if self.output_proj is None else self.output_proj.weight
+        weight = self.token_embed.weight[: self.vocab_size] if self.output_proj is None else self.output_proj.weight
         return F.linear(x, weight, self.output_bias)
 
     def _embed(self, tokens: torch.Tensor, offset: int) -> torch.Tensor:
         t = tokens.shape[1]
         if offset + t > self.max_len:
             raise ValueError(f"sequence of {offset + t} tokens exceeds the decoder's max length {self.max_len}")
-        pos = torch.arange(offset, offset + t, device=tokens.device)
-        return self.dropout(self.token_embed(tokens) + self.pos_embed(pos))
+        x = self.token_embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(offset, offset + t, device=tokens.device))
+        return self.dropout(x)
 
-    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def memory_kv(
+        self, memory: torch.Tensor, memory_pos: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the encoder memory projected into cross-attention keys/values."""
         return [layer.memory_kv(memory, memory_pos) for layer in self.layers]
 
     def forward(
-        self, tokens: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, memory_padding: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor | None,
+        memory_padding: torch.Tensor | None,
     ) -> torch.Tensor:
         """All positions at once: ``tokens [B, T]``, ``memory [B, S, D]`` -> logits ``[B, T, V]``."""
-        memory_mask = (~memory_padding)[:, None, None, :]
+        memory_mask = _attend_mask(memory_padding)
         x = self._embed(tokens, 0)
         for layer, (mk, mv) in zip(self.layers, self.memory_kv(memory, memory_pos)):
             x = layer(x, mk, mv, memory_mask)
         return self._logits(x)
 
     def start(
-        self, memory: torch.Tensor, memory_pos: torch.Tensor, memory_padding: torch.Tensor, max_len: int | None = None
+        self,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor | None,
+        memory_padding: torch.Tensor | None,
+        max_len: int | None = None,
     ) -> DecoderCache:
         """An empty cache for ``memory [B, S, D]`` holding up to ``max_len`` positions."""
         max_len = self.max_len if max_len is None else max_len
@@ -337,7 +436,7 @@ class TokenDecoder(nn.Module):
             self_v=memory.new_empty(shape),
             cross_k=torch.stack([k for k, _ in kv]),
             cross_v=torch.stack([v for _, v in kv]),
-            memory_mask=(~memory_padding)[:, None, None, :],
+            memory_mask=_attend_mask(memory_padding),
         )
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
@@ -347,3 +446,21 @@ class TokenDecoder(nn.Module):
             x = layer(x, cache.cross_k[i], cache.cross_v[i], cache.memory_mask, cache=cache, layer_index=i)
         cache.length += tokens.shape[1]
         return self._logits(x)
+
+
+class MemoryProjection(nn.Module):
+    """The official release's block between encoder and decoder (``dec_proj_mode='mlp'``):
+    Linear(encoder width -> decoder width) -> LayerNorm -> + sin-cos positions -> one pre-norm
+    residual MLP. ``[B, S, D_enc]`` -> ``[B, S, D_dec]``."""
+
+    def __init__(self, in_dim: int, dim: int, ffn_dim: int, activation: str = "gelu", norm_eps: float = 1e-6):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = FeedForward(dim, ffn_dim, 0.0, activation)
+
+    def forward(self, memory: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        x = self.norm(self.proj(memory))
+        x = x + sincos_position_table(*grid_hw, x.shape[-1], device=x.device).to(x.dtype)
+        return x + self.mlp(self.mlp_norm(x))

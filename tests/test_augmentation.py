@@ -104,7 +104,7 @@ def check_boxes_match_image(out: dict, tokenizer) -> None:
     assert decoded.valid.all()
     half_bin = 0.5 * torch.tensor([w, h, w, h]) / tokenizer.num_bins
     assert ((decoded.boxes[0] - boxes).abs() <= half_bin + 1e-4).all()
-    classes = out["seq_target"][TOKENS_PER_OBJECT - 1 :: TOKENS_PER_OBJECT] - tokenizer.class_offset
+    classes = out["seq_target"][TOKENS_PER_OBJECT - 1 :: TOKENS_PER_OBJECT] - tokenizer.class_token_range()[0]
     assert classes.tolist() == out["instances"].gt_classes.tolist()
 
 

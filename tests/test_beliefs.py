@@ -43,7 +43,7 @@ def test_coordinate_distributions_use_only_the_coordinate_bins():
     assert dists.shape == (2, 2, 4, 10)
     assert torch.allclose(dists.sum(-1), torch.ones(2, 2, 4))
     changed = logits.clone()
-    changed[..., : tokenizer.coord_offset] += 5.0  # special and class tokens do not matter
+    changed[..., : tokenizer.coord_token_range()[0]] += 5.0  # special and class tokens do not matter
     assert torch.allclose(coordinate_distributions(changed, tokenizer), dists)
     lo, _ = tokenizer.coord_token_range()
     assert torch.equal(dists.argmax(-1), logits[:, :10].reshape(2, 2, 5, -1)[:, :, :4, lo:].argmax(-1))

@@ -220,7 +220,7 @@ class ScriptedDecoder(torch.nn.Module):
 
 def test_each_image_stops_at_its_own_eos_and_decoding_ends_when_all_have():
     tok = Pix2SeqTokenizer(num_classes=3, num_bins=10)
-    c, k = tok.coord_offset, tok.class_offset
+    c, k = tok.coord_token_range()[0], tok.class_token_range()[0]
     wanted = [
         [c + 1, c + 2, c + 5, c + 6, k + 0, c + 3, c + 3, c + 4, c + 4, k + 2, tok.EOS],  # 2 objects, then EOS
         [tok.EOS] + [c + 1] * 10,  # ends at once; what follows must never be used

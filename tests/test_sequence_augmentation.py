@@ -149,6 +149,6 @@ def test_mapper_applies_sequence_augmentation_in_training_only(image_with_object
     train = Pix2SeqDatasetMapper(cfg, is_train=True)(image_with_objects)
     assert train["seq_target"].shape == (6 * TOKENS_PER_OBJECT + 1,)
     train_classes = objects(train["seq_target"][:-1])[:, CLASS_SLOT]
-    assert (train_classes[:4] != Pix2SeqTokenizer.NOISE).all() and (train_classes[4:] == Pix2SeqTokenizer.NOISE).all()
+    assert (train_classes[:4] != TOK.NOISE).all() and (train_classes[4:] == TOK.NOISE).all()
     test = Pix2SeqDatasetMapper(cfg, is_train=False, use_annotations=True)(image_with_objects)
     assert test["seq_target"].shape == (4 * TOKENS_PER_OBJECT + 1,)  # no noise objects at test time

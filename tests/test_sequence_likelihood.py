@@ -30,7 +30,7 @@ def direct_likelihood(model, mapper, dataset_dicts, tokenizer) -> dict:
         logprobs = torch.log_softmax(logits.double(), -1)
         for t, target in enumerate(x["seq_target"].tolist()):
             lp = -logprobs[t, target].item()
-            if target >= tokenizer.coord_offset:
+            if target >= tokenizer.coord_token_range()[0]:
                 nll["coord"].append(lp)
             elif target == tokenizer.EOS:
                 nll["eos"].append(lp)
@@ -81,8 +81,10 @@ def fake_outputs(seed: int, tokenizer: Pix2SeqTokenizer, images: int) -> list[di
     outputs = []
     for _ in range(images):
         objects = int(torch.randint(0, 4, (), generator=gen))
-        coords = torch.randint(tokenizer.coord_offset, tokenizer.vocab_size, (objects, 4), generator=gen)
-        classes = torch.randint(tokenizer.class_offset, tokenizer.coord_offset, (objects, 1), generator=gen)
+        coords = torch.randint(tokenizer.coord_token_range()[0], tokenizer.vocab_size, (objects, 4), generator=gen)
+        classes = torch.randint(
+            tokenizer.class_token_range()[0], tokenizer.coord_token_range()[0], (objects, 1), generator=gen
+        )
         target = torch.cat([torch.cat([coords, classes], 1).flatten(), torch.tensor([tokenizer.EOS])])
         argmax = torch.where(torch.rand(len(target), generator=gen) < 0.5, target, torch.zeros_like(target))
         logprob = -torch.rand(len(target), generator=gen) * 5

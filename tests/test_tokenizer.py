@@ -36,10 +36,10 @@ def test_encode_layout_order_and_weights():
     tok = Pix2SeqTokenizer(num_classes=3, num_bins=100, eos_weight=0.25)
     boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 200.0, 100.0]])  # x0 y0 x1 y1
     out = tok.encode(boxes, torch.tensor([2, 0]), image_hw=(100, 200))  # h=100, w=200
-    c0 = tok.coord_offset
+    c0 = tok.coord_token_range()[0]
     # ymin xmin ymax xmax class: y normalised by h=100, x by w=200
-    first = [c0 + 20, c0 + 5, c0 + 60, c0 + 15, tok.class_offset + 2]
-    second = [c0 + 0, c0 + 0, c0 + 99, c0 + 99, tok.class_offset + 0]
+    first = [c0 + 20, c0 + 5, c0 + 60, c0 + 15, tok.class_token_range()[0] + 2]
+    second = [c0 + 0, c0 + 0, c0 + 99, c0 + 99, tok.class_token_range()[0] + 0]
     assert out.input.tolist() == [tok.START] + first + second
     assert out.target.tolist() == first + second + [tok.EOS]
     assert out.weight.tolist() == [1.0] * 10 + [0.25]
@@ -79,7 +79,7 @@ def test_encode_decode_round_trip_boxes_within_half_a_bin():
 
 def test_reported_class_and_score_come_from_the_class_slot_distribution():
     tok = Pix2SeqTokenizer(num_classes=3, num_bins=10)
-    c = tok.coord_offset
+    c = tok.coord_token_range()[0]
     # The generated class token is the noise class; the reported class is the most likely real one.
     tokens = torch.tensor([[c + 1, c + 1, c + 5, c + 5, tok.NOISE]])
     coord_logprobs = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
@@ -96,7 +96,7 @@ def test_reported_class_and_score_come_from_the_class_slot_distribution():
 
 def test_decode_marks_objects_after_eos_and_malformed_objects_invalid():
     tok = Pix2SeqTokenizer(num_classes=3, num_bins=10)
-    c, k = tok.coord_offset, tok.class_offset
+    c, k = tok.coord_token_range()[0], tok.class_token_range()[0]
     good = [c + 1, c + 1, c + 5, c + 5, k + 1]
     bad_class_slot = [c + 1, c + 1, c + 5, c + 5, c + 2]  # coordinate token in the class slot
     rows = torch.tensor(

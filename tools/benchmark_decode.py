@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 
 from pix2seq_d2.config import load_config
 from pix2seq_d2.decoding import DecodingOptions, decode, grammar_masks
-from pix2seq_d2.tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
+from pix2seq_d2.tokenizer import Pix2SeqTokenizer
 from pix2seq_d2.transformer import TokenDecoder, sine_position_encoding
 
 
@@ -59,7 +59,7 @@ def decode_with_concat_cache(
             x = layer.norm2(x + ca.attend(ca.split_heads(ca.q_proj(x)), mk, mv))
             x = layer.norm3(x + layer.ffn(x))
         logits = decoder._logits(x)[:, -1]
-        choice = logits.masked_fill(~allowed[t % TOKENS_PER_OBJECT], float("-inf")).argmax(-1)
+        choice = logits.masked_fill(~allowed[t % tokenizer.tokens_per_object], float("-inf")).argmax(-1)
         tokens = torch.cat([tokens, choice[:, None]], dim=1)
     return tokens[:, 1:]
 
@@ -101,15 +101,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(0)
     decoder, tokenizer, dim = build_decoder(args.config_file)
     decoder.to(device)
-    num_objects = args.tokens // TOKENS_PER_OBJECT
+    num_objects = args.tokens // tokenizer.tokens_per_object
+    length = num_objects * tokenizer.tokens_per_object
     options = DecodingOptions(max_objects=num_objects, stop_at_eos=False)
     print(f"device={device} threads={torch.get_num_threads()} decoder: {len(decoder.layers)} layers d={dim} "
           f"vocab={tokenizer.vocab_size}; memory {args.memory_hw[0]}x{args.memory_hw[1]}; "
-          f"{num_objects * TOKENS_PER_OBJECT} tokens per image")  # fmt: skip
+          f"{length} tokens per image")  # fmt: skip
 
     methods = {
         "recompute": lambda m, p, pad: decode(decoder, tokenizer, m, p, pad, options, use_cache=False).tokens,
-        "concat": lambda m, p, pad: decode_with_concat_cache(decoder, tokenizer, m, p, num_objects * TOKENS_PER_OBJECT),
+        "concat": lambda m, p, pad: decode_with_concat_cache(decoder, tokenizer, m, p, length),
         "ours": lambda m, p, pad: decode(decoder, tokenizer, m, p, pad, options, use_cache=True).tokens,
     }
     rows = []

@@ -1,0 +1,1 @@
+"""Readers and converters for checkpoints of other Pix2Seq implementations."""

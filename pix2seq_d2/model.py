@@ -205,13 +205,15 @@ class Pix2Seq(nn.Module):
         constraints = {"square_size": self.pad_to_square} if self.pad_to_square else None
         return ImageList.from_tensors(images, self.backbone.size_divisibility, self.pad_value, constraints)
 
-    def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """-> memory ``[B, S, D]`` for the decoder, the positions its cross-attention keys get
-        ``[B, S, D]`` (None: none), and its padding ``[B, S]`` (None: nothing masked)."""
-        feature = self.backbone(images.tensor)[self.in_feature]  # [B, C, h, w]
+    def encoder_input(
+        self, feature: torch.Tensor, images: ImageList
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Backbone feature ``[B, C, h, w]`` -> encoder input ``[B, h*w, D]`` (positions added when
+        they enter once), positions for every attention layer ``[B, h*w, D]`` (None: none) and
+        padding ``[B, h*w]`` (None: nothing masked)."""
         b, _, h_img, w_img = images.tensor.shape
         grid_hw = tuple(feature.shape[-2:])
-        padding = torch.zeros(b, h_img, w_img, dtype=torch.bool, device=self.device)
+        padding = torch.zeros(b, h_img, w_img, dtype=torch.bool, device=feature.device)
         if self.use_padding_mask:
             padding[:] = True
             for i, (h, w) in enumerate(images.image_sizes):
@@ -221,16 +223,22 @@ class Pix2Seq(nn.Module):
             src = self.input_proj(feature.flatten(2).transpose(1, 2))  # [B, S, D]
         else:
             src = self.input_proj(feature).flatten(2).transpose(1, 2)  # [B, S, D]
-        pos = None  # positions inside every attention layer (DETR's sine)
+        pos = None
         if self.position_encoding.startswith("sine"):
             normalize = self.position_encoding == "sine"
             pos = sine_position_encoding(padding, src.shape[-1], normalize=normalize).to(src.dtype)
         elif self.position_encoding == "sincos":
             src = src + sincos_position_table(*grid_hw, src.shape[-1], device=src.device).to(src.dtype)
-        padding = padding.flatten(1) if self.use_padding_mask else None
+        return src, pos, padding.flatten(1) if self.use_padding_mask else None
+
+    def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> memory ``[B, S, D]`` for the decoder, the positions its cross-attention keys get
+        ``[B, S, D]`` (None: none), and its padding ``[B, S]`` (None: nothing masked)."""
+        feature = self.backbone(images.tensor)[self.in_feature]  # [B, C, h, w]
+        src, pos, padding = self.encoder_input(feature, images)
         memory = self.encoder(src, pos, padding)
         if self.memory_projection is not None:
-            return self.memory_projection(memory, grid_hw), None, padding
+            return self.memory_projection(memory, tuple(feature.shape[-2:])), None, padding
         return memory, pos, padding
 
     # ---- training ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pix2seq_d2.decoding import DecodingOptions, decode, filter_logits, grammar_
 from pix2seq_d2.tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
 
 from .conftest import tiny_cfg
+from .peer_fixtures import cases, load_io
 
 SIZES = ((64, 64), (64, 48), (40, 64), (64, 40), (48, 48), (56, 64))
 
@@ -310,3 +311,30 @@ def test_options_come_from_the_config_and_bad_values_are_rejected():
         dataclasses.replace(options, strategy="nucleus")
     with pytest.raises(ValueError, match="invalid decoding options"):
         dataclasses.replace(options, top_p=0.0)
+
+
+NUCLEUS_CASES = cases("nucleus")
+
+
+@pytest.mark.parametrize("case", NUCLEUS_CASES, ids=lambda c: c.rsplit("/", 1)[-1])
+def test_at_most_top_p_rule_keeps_the_official_sets(case):
+    """The official ``top_logits`` (fixture: its kept masks for every (k, p) setting on hand-made and
+    vocabulary-sized rows): our "at_most" rule keeps exactly the same tokens, with their values."""
+
+    io = load_io(case)
+    for s, (k, p) in enumerate(zip(io["settings_k"].tolist(), io["settings_p"].tolist())):
+        for rows, kept, filtered in (
+            ("logits_small", "small_kept", "small_filtered"),
+            ("logits_vocab", "vocab_kept", "vocab_filtered"),
+        ):
+            ours = filter_logits(torch.from_numpy(io[rows]), int(k), float(p), top_p_rule="at_most")
+            assert torch.equal(torch.isfinite(ours), torch.from_numpy(io[kept][s])), (k, p, rows)
+            want = torch.from_numpy(io[filtered][s])
+            assert torch.equal(ours[torch.isfinite(ours)], want[torch.from_numpy(io[kept][s])])
+
+
+def test_at_most_and_at_least_differ_as_documented():
+    """For probabilities .35/.30/.20/.15 and p = 0.4 the official rule keeps one token, ours two."""
+    logits = torch.tensor([[0.35, 0.30, 0.20, 0.15]]).log()
+    assert torch.isfinite(filter_logits(logits, 0, 0.4, "at_most")).sum() == 1
+    assert torch.isfinite(filter_logits(logits, 0, 0.4, "at_least")).sum() == 2

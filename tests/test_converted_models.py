@@ -52,8 +52,8 @@ def converted(tmp_path_factory):
         name = f"photo_{i}.png"
         Image.fromarray(io[f"raw_image_{i}"]).save(folder / name)
         images.append({"id": int(io["image_ids"][i]), "file_name": name, "height": h, "width": w})
-        annotations.append({"id": i + 1, "image_id": int(io["image_ids"][i]), "category_id": 1, "bbox": [10, 20, 100, 80],
-                            "area": 8000, "iscrowd": 0})  # fmt: skip
+        box = {"bbox": [10, 20, 100, 80], "area": 8000, "iscrowd": 0, "category_id": 1}
+        annotations.append({"id": i + 1, "image_id": int(io["image_ids"][i]), **box})
     coco = {
         "images": images,
         "annotations": annotations,

@@ -1,5 +1,6 @@
 """TFCheckpoint: the TensorFlow 2 checkpoint reader, on the official Pix2Seq fixture checkpoints (written by
-TensorFlow 2.15), on broken copies of them, and on tiny synthetic checkpoints written here."""
+TensorFlow 2.15), on broken copies of them, and on tiny synthetic checkpoints written by
+tests/tf_checkpoint_writer.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from pix2seq_d2.conversion.tf_checkpoint import TFCheckpoint, TFCheckpointError, crc32c
+
+from .tf_checkpoint_writer import proto_field, write_tf_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pix2seq_official")
 INDEXES = sorted(glob.glob(os.path.join(FIXTURES, "*", "ckpt-*.index")))
@@ -56,58 +59,6 @@ def _first_data_block(index: bytes) -> tuple[int, int]:
     _, pos = _read_varint(index, pos)  # value length
     offset, pos = _read_varint(index, pos + key_length)  # the value, after the key, is the block handle
     return offset, _read_varint(index, pos)[0]
-
-
-# ------------------------------------------------------------------ a tiny checkpoint writer for synthetic cases
-def _varint(n: int) -> bytes:
-    out = b""
-    while n > 0x7F:
-        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
-    return out + bytes([n])
-
-
-def _field(number: int, value: int | bytes) -> bytes:
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    return _varint(number << 3) + _varint(value)
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
-    """A table block (no prefix compression, one restart point) with its trailer."""
-    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
-    body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
-    return body + b"\0" + _masked_crc(body + b"\0").to_bytes(4, "little")
-
-
-def _write_checkpoint(folder, tensors: list[tuple[str | bytes, int, tuple, bytes, bytes]], big_endian=False) -> str:
-    """Write ``folder/ckpt-1.{index,data-00000-of-00001}`` (no ``checkpoint`` file) from (name, TF dtype enum,
-    shape, raw bytes, extra BundleEntryProto fields); the table gets two entries per data block."""
-    header = _field(1, 1) + _field(2, int(big_endian)) + _field(3, _field(1, 1))
-    entries, data = [(b"", header)], b""
-    for name, dtype_enum, shape, raw, extra in tensors:
-        shape_proto = b"".join(_field(2, _field(1, dim)) for dim in shape)
-        entry = _field(1, dtype_enum) + _field(2, shape_proto) + _field(4, len(data)) + _field(5, len(raw))
-        entry += _varint(6 << 3 | 5) + _masked_crc(raw).to_bytes(4, "little") + extra
-        entries.append((name.encode() if isinstance(name, str) else name, entry))
-        data += raw
-    entries.sort()
-    table, index = b"", []
-    for i in range(0, len(entries), 2):
-        block = _block(entries[i : i + 2])
-        index.append((entries[i : i + 2][-1][0], _varint(len(table)) + _varint(len(block) - 5)))
-        table += block
-    meta, index_block = _block([]), _block(index)
-    footer = _varint(len(table)) + _varint(len(meta) - 5)  # metaindex handle, then index handle
-    footer += _varint(len(table) + len(meta)) + _varint(len(index_block) - 5)
-    footer = footer.ljust(40, b"\0") + (0xDB4775248B80FB57).to_bytes(8, "little")
-    (folder / "ckpt-1.index").write_bytes(table + meta + index_block + footer)
-    (folder / "ckpt-1.data-00000-of-00001").write_bytes(data)
-    return str(folder / "ckpt-1")
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -292,13 +243,13 @@ def test_synthetic_dtypes_slices_and_size_mismatch(tmp_path):
     halves = floats.astype(np.float16)
     ints = np.arange(4, dtype=np.int64)
     slice_key = b"\x00\x01sliced\x00" + bytes([0x80])  # slices are stored under binary keys starting with NUL
-    prefix = _write_checkpoint(
+    prefix = write_tf_checkpoint(
         tmp_path,
         [
             ("bf16", 14, (2, 3), bf16.tobytes(), b""),
             ("half", 19, (2, 3), halves.tobytes(), b""),
             ("ints", 9, (4,), ints.tobytes(), b""),
-            ("sliced", 1, (2, 3), b"", _field(7, b"")),
+            ("sliced", 1, (2, 3), b"", proto_field(7, b"")),
             (slice_key, 1, (1, 3), floats[:1].tobytes(), b""),
             ("wrong_size", 1, (2, 3), floats.tobytes()[:20], b""),
         ],
@@ -321,7 +272,7 @@ def test_synthetic_dtypes_slices_and_size_mismatch(tmp_path):
 
 def test_synthetic_big_endian(tmp_path):
     values = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
-    _write_checkpoint(tmp_path, [("x", 1, (2, 3), values.astype(">f4").tobytes(), b"")], big_endian=True)
+    write_tf_checkpoint(tmp_path, [("x", 1, (2, 3), values.astype(">f4").tobytes(), b"")], big_endian=True)
     array = TFCheckpoint(tmp_path / "ckpt-1")["x"]
     assert array.dtype == np.float32 and array.dtype.isnative
     np.testing.assert_array_equal(array, values)

@@ -266,13 +266,17 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         tokenizer = getattr(self.model, "tokenizer", None)
         settings = ""
         if tokenizer is not None:
-            settings = f" (this model: NUM_CLASSES={tokenizer.num_classes}, NUM_BINS={tokenizer.num_bins})"
+            settings = (
+                f" (this model: TOKENIZER.LAYOUT={tokenizer.layout.name!r}, NUM_CLASSES={tokenizer.num_classes}, "
+                f"NUM_BINS={tokenizer.num_bins}, vocabulary {tokenizer.vocab_size})"
+            )
         raise ValueError(
             "The checkpoint was trained with another token vocabulary or sequence length: "
             + "; ".join(problems)
-            + ". Set MODEL.PIX2SEQ.NUM_CLASSES and MODEL.PIX2SEQ.NUM_BINS (vocabulary = special tokens + "
-            f"NUM_CLASSES + NUM_BINS){settings}, and MODEL.PIX2SEQ.MAX_OBJECTS / MAX_OBJECTS_TEST (sequence "
-            "positions = 5 x max(MAX_OBJECTS, MAX_OBJECTS_TEST) + 1) to the values it was trained with."
+            + ". Set MODEL.PIX2SEQ.TOKENIZER.LAYOUT, NUM_CLASSES and NUM_BINS (the vocabulary size follows "
+            f"from them){settings}, and MODEL.PIX2SEQ.MAX_SEQ_LEN or MAX_OBJECTS / MAX_OBJECTS_TEST (sequence "
+            "positions = 5 x max(MAX_OBJECTS, MAX_OBJECTS_TEST) + 1) to the values it was trained with. A "
+            "converted checkpoint's own OUTPUT.yaml has them."
         )
 
 

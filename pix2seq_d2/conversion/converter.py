@@ -40,6 +40,7 @@ class SourceTensors:
         self.ignored = sorted(n for n in names if any(p.search(n) for p in patterns))
         self.names = sorted(set(names) - set(self.ignored))
         self.taken: set[str] = set()
+        self.last_taken = ""
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
@@ -62,10 +63,28 @@ class SourceTensors:
     def take(self, name: str) -> torch.Tensor:
         value = self.peek(name)
         self.taken.add(name)
+        self.last_taken = name
         return value
+
+    def weights(self) -> MappedWeights:
+        """An empty state dict that remembers, per entry, the source tensor taken last before it was set."""
+        return MappedWeights(self)
 
     def untaken(self) -> list[str]:
         return [n for n in self.names if n not in self.taken]
+
+
+class MappedWeights(dict):
+    """A converted state dict that knows which source tensor each entry came from (for error messages)."""
+
+    def __init__(self, sources: SourceTensors):
+        super().__init__()
+        self.sources = sources
+        self.origins: dict[str, str] = {}
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.origins[key] = self.sources.last_taken
+        super().__setitem__(key, value)
 
 
 @dataclass
@@ -109,8 +128,11 @@ def check_against_model(converted: ConvertedCheckpoint) -> None:
     got = {k: tuple(v.shape) for k, v in converted.state_dict.items()}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
+    origins = getattr(converted.state_dict, "origins", {})
     wrong = sorted(
-        f"{k} (checkpoint {got[k]}, model {expected[k]})" for k in set(got) & set(expected) if got[k] != expected[k]
+        f"{k}" + (f" from {origins[k]!r}" if k in origins else "") + f" (checkpoint {got[k]}, model {expected[k]})"
+        for k in set(got) & set(expected)
+        if got[k] != expected[k]
     )
     problems = [
         f"model parameters not filled: {', '.join(missing)}" if missing else "",

@@ -14,8 +14,6 @@ import json
 import os
 import re
 
-import torch
-
 from .converter import ConversionError, ConvertedCheckpoint, SourceTensors, family_config, finish
 from .tf_checkpoint import TFCheckpoint
 
@@ -162,7 +160,7 @@ def convert_official(path: str, image_size: int | None = None, dataset: str | No
     folder = os.path.dirname(ckpt.prefix)
     config_json = _read_config_json(folder)
     size = _image_size(config_json, image_size, ckpt.index_path)
-    out: dict[str, torch.Tensor] = {}
+    out = src.weights()
     overrides: dict[str, object] = {}
 
     vit = _key("encoder/stem_conv/kernel") in src

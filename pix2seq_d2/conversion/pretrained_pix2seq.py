@@ -118,7 +118,13 @@ def convert_pretrained_pix2seq(path: str, num_heads: int | None = None) -> Conve
         raise ConversionError(
             f"{path}: the number of attention heads is in no tensor and the file has no args.nheads; pass --num-heads"
         )
-    out: dict[str, torch.Tensor] = {}
+    width = src.shape("transformer.vocal_classifier.weight")[1]
+    if int(heads) <= 0 or width % int(heads):
+        raise ConversionError(
+            f"{path}: the transformer width {width} is not divisible into {heads} attention heads "
+            f"({'--num-heads' if num_heads else 'args.nheads'})"
+        )
+    out = src.weights()
     overrides: dict[str, object] = {}
     _backbone(src, out, overrides)
     _copy(src, out, "input_proj.0", "input_proj.0")

@@ -55,12 +55,13 @@ def _key(name: str) -> str:
 
 def _dense(src: SourceTensors, out: dict, name: str, target: str) -> None:
     """A Keras Dense (kernel ``[in, out]``) or MultiHeadAttention projection -> ``target.weight/bias``."""
-    kernel, bias = src.take(_key(f"{name}/kernel")), src.take(_key(f"{name}/bias"))
+    kernel = src.take(_key(f"{name}/kernel"))
     if kernel.ndim == 3 and name.endswith("_output_dense"):  # [heads, head_dim, d]
         kernel = kernel.reshape(-1, kernel.shape[-1])
     elif kernel.ndim == 3:  # q/k/v: [d, heads, head_dim]
         kernel = kernel.reshape(kernel.shape[0], -1)
-    out[f"{target}.weight"], out[f"{target}.bias"] = kernel.t().contiguous(), bias.reshape(-1)
+    out[f"{target}.weight"] = kernel.t().contiguous()
+    out[f"{target}.bias"] = src.take(_key(f"{name}/bias")).reshape(-1)
 
 
 def _norm(src: SourceTensors, out: dict, name: str, target: str, names: dict) -> None:

@@ -183,7 +183,11 @@ def test_end_to_end_detections(case, from_raw):
     # the fixture decodes greedily (top_k=1) over all tokens: no grammar, 100 objects
     steps = io["pred_seq"].shape[1]
     model.decoding = dataclasses.replace(
-        model.decoding, strategy="greedy", grammar=False, stop_at_eos=False, max_objects=steps // 5
+        model.decoding,
+        strategy="greedy",
+        grammar=False,
+        stop_at_eos=False,
+        max_objects=steps // model.tokenizer.tokens_per_object,
     )
     inputs = _e2e_inputs(io, from_raw, model)
     if from_raw:  # our resize + padding against the official preprocessing: within 1/255

@@ -107,3 +107,11 @@ def test_two_cpu_workers_train_agree_on_the_weights_and_evaluate_like_one_proces
     for key in ("nll", "nll_coord", "nll_class", "nll_eos", "class_accuracy", "images"):
         assert two_workers[f"seq_likelihood/{key}"] == pytest.approx(one_process["seq_likelihood"][key], rel=1e-6)
     assert two_workers["seq_likelihood/images"] == 300  # every image of shapes_val, once
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path):
+    """Without --config-file detectron2 would build its default (a GPU Mask R-CNN) and fail on the driver."""
+    cmd = [sys.executable, TRAIN_NET, "--eval-only"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--config-file is required" in proc.stderr and "NVIDIA" not in proc.stderr

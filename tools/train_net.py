@@ -68,8 +68,20 @@ def worker_main(args):
     return results
 
 
+def parse_args(argv: list[str] | None = None):
+    """detectron2's arguments; a missing ``--config-file`` is a usage error (detectron2's defaults
+    would otherwise build a GPU Mask R-CNN and fail on the missing driver)."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error(
+            "--config-file is required: e.g. configs/quickstart/pix2seq_shapes.yaml (CPU) or configs/pix2seq_R50.yaml"
+        )
+    return args
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         worker_main,

@@ -7,6 +7,7 @@ datasets (generated on first use under ``$DETECTRON2_DATASETS/pix2seq_shapes``).
 """
 
 from .backbones import build_pix2seq_resnet_backbone, build_pix2seq_vit_backbone
+from .coco_datasets import ensure_coco_metadata, load_coco_json_checked, register_coco_datasets, register_coco_json
 from .config import add_pix2seq_config
 from .dataset_mapper import Pix2SeqDatasetMapper
 from .model import Pix2Seq
@@ -28,5 +29,9 @@ __all__ = [
     "build_pix2seq_resnet_backbone",
     "build_pix2seq_vit_backbone",
     "build_small_resnet_backbone",
+    "ensure_coco_metadata",
+    "load_coco_json_checked",
+    "register_coco_datasets",
+    "register_coco_json",
     "register_shapes_datasets",
 ]

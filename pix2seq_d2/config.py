@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+# The channel orders INPUT.FORMAT may name (images are read and fed to the model in this order).
+IMAGE_FORMATS = ("BGR", "RGB")
+
 
 def add_pix2seq_config(cfg: CN) -> None:
     """Add the ``MODEL.PIX2SEQ`` and ``MODEL.SMALL_RESNET`` nodes (and a few solver keys) to ``cfg``."""
     cfg.MODEL.PIX2SEQ = CN()
     p = cfg.MODEL.PIX2SEQ
-    # Number of dataset classes (class tokens). Set it to len(thing_classes) of your dataset.
+    # Number of dataset classes (class tokens): len(thing_classes) of your dataset, NOT its largest
+    # category id. 0 ("auto"): taken at start-up from DATASETS.TRAIN[0] (DATASETS.TEST[0] when
+    # there is no training set), from its metadata or its COCO json's "categories", without loading
+    # the dataset; with a layout keyed by category ids and an empty TOKENIZER.CATEGORY_IDS, those
+    # ids are filled in too (pix2seq_d2/config_checks.py: resolve_auto_settings). Every start-up
+    # checks NUM_CLASSES (and CATEGORY_IDS) against the classes of DATASETS.TRAIN and .TEST.
     p.NUM_CLASSES = 80
     # ---- tokenizer ----
     # Quantisation bins per coordinate. The paper uses 1000 at 640 px and 2000 at 1333 px;
@@ -22,7 +30,8 @@ def add_pix2seq_config(cfg: CN) -> None:
     p.TOKENIZER = CN()
     p.TOKENIZER.LAYOUT = "pix2seq_d2"
     # Layouts keyed by category ids: the dataset category id of each contiguous class 0..C-1
-    # (for COCO the 80 ids 1..90, sorted, as detectron2 maps them). Empty: 0..C-1 themselves.
+    # (for COCO the 80 ids 1..90, sorted, as detectron2 maps them). Empty: 0..C-1 themselves
+    # (with NUM_CLASSES 0: the dataset's ids). Checked against the datasets' ids at start-up.
     p.TOKENIZER.CATEGORY_IDS = []
     # Coordinates are fractions of this many pixels (the official models: the padded square
     # canvas, i.e. the image size; Pretrained-Pix2Seq: 1333). 0: of the image's own size.
@@ -222,6 +231,14 @@ def add_pix2seq_config(cfg: CN) -> None:
     # official one), "faster_coco_eval" (same numbers, C++, several times faster; an error if the
     # package is missing) or "auto" (faster_coco_eval when installed, else pycocotools + a warning).
     cfg.TEST.COCO_EVAL_BACKEND = "auto"
+
+    # Your own COCO-format datasets, registered by name (pix2seq_d2/coco_datasets.py) so that
+    # DATASETS.TRAIN/TEST can use them: a list of [name, json_file, image_root] entries, e.g. in a
+    # yaml "COCO: [[mydata_train, data/train.json, data/images], [mydata_val, ...]]" or on the
+    # command line DATASETS.COCO "[['mydata_train', 'data/train.json', 'data/images']]". Relative
+    # paths are relative to the working directory. A broken json is an error naming the file and
+    # the item; unusable boxes are skipped with a warning.
+    cfg.DATASETS.COCO = []
 
 
 def load_config(config_file: str | None, opts: list | tuple = ()) -> CN:

@@ -8,8 +8,11 @@ What each kind of bad input does:
   (:mod:`pix2seq_d2.resumable_data`) logs it and trains on another image; at test time it
   stops the evaluation.
 * Grayscale, palette, CMYK, RGBA (alpha dropped) and 16-bit images are converted to 8-bit
-  colour: :func:`read_image_checked` scales 16-bit pixels to 0..255 instead of clipping
-  them (detectron2's ``read_image`` turns most 16-bit images white).
+  colour: :func:`read_image_file` (used by :func:`read_image_checked` in training and
+  evaluation, and by ``tools/demo.py`` and ``tools/visualize_beliefs.py``) scales 16-bit
+  pixels to 0..255 instead of clipping them (detectron2's ``read_image`` turns most 16-bit
+  images white). A file that is not an image is named with what it looks like (text, an
+  HTML page from a failed download, a git-lfs pointer, an archive, ...).
 * Annotations with a NaN/infinite coordinate or a negative width/height are dropped with a
   warning naming the file and the annotation (:func:`valid_annotations`); a category id
   outside ``0..NUM_CLASSES-1`` stops with an error naming them and ``NUM_CLASSES``.
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import re
+import struct
 from collections.abc import Iterable
 
 import numpy as np
@@ -45,6 +49,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "BadInputError",
     "read_image_checked",
+    "read_image_file",
+    "describe_file_start",
     "valid_annotations",
     "drop_invalid_annotations",
     "check_category_ids",
@@ -82,23 +88,215 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image  # every other mode: PIL converts it to INPUT.FORMAT (RGBA: alpha dropped)
 
 
-def _open_image(file_name: str) -> Image.Image:
-    """Open and fully decode an image file, with EXIF orientation applied; BadInputError if impossible."""
+_TEXT_CONTROL = set("\n\r\t\f\v")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) is text: UTF-8 without NUL bytes, nearly all printable."""
+    if not head or b"\x00" in head:
+        return False
+    for cut in range(4):  # the first bytes may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return False
+    text = text.lstrip("\ufeff")
+    printable = sum(ch.isprintable() or ch in _TEXT_CONTROL for ch in text)
+    return printable >= 0.95 * max(1, len(text))
+
+
+def _text_start(head: bytes, limit: int = 60) -> str:
+    """The first non-blank line of ``head`` (decoded leniently), shortened to ``limit`` characters."""
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_ARCHIVES = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"7z\xbc\xaf\x27\x1c": "7-Zip",
+    b"Rar!\x1a\x07": "RAR",
+}
+_IMAGES = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"GIF87a": "a GIF image",
+    b"GIF89a": "a GIF image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"BM": "a BMP image",
+}
+
+
+def describe_file_start(head: bytes, size: int | None = None) -> tuple[str, str] | None:
+    """What a file that is not what was expected looks like, from its first bytes (``head``, at
+    least 512 bytes where the file has them) and its ``size``: ``(kind, description)`` or None.
+
+    Shared by the image reader and the checkpoint checks, to say *what* a wrong file is: empty,
+    a git-lfs pointer, an HTML/XML page (a failed download), JSON/YAML/other text, an archive,
+    an image, a video, a PDF, a safetensors/HDF5/NumPy/ONNX file. Kinds: ``empty``, ``git-lfs``,
+    ``html``, ``xml``, ``json``, ``yaml``, ``text``, ``archive``, ``zip``, ``image``, ``video``,
+    ``document``, ``safetensors``, ``hdf5``, ``numpy``, ``onnx``, ``pickle``. None: not one of
+    these (binary of another kind).
+    """
+    if size == 0 or not head:
+        return "empty", "an empty file (0 bytes)"
+    if head.startswith(b"version https://git-lfs"):
+        return "git-lfs", (
+            f"a git-lfs pointer ({size if size is not None else len(head)} bytes of text standing in for the real "
+            "file, which was never downloaded): run `git lfs pull` in its repository, or download the file itself"
+        )
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) or (
+        stripped.startswith(b"<") and b"<html" in stripped[:1024]
+    ):
+        return "html", (
+            "an HTML page, not the file itself: a failed download (an error, login or redirect page saved "
+            f"under this name?); it starts with {_text_start(head)!r}"
+        )
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped[:1024]):
+        return "image", "an SVG (vector) image"
+    if stripped.startswith(b"<?xml"):
+        return "xml", (
+            "an XML document, not the file itself: a failed download (a storage server's error response, such as "
+            f"'AccessDenied' or 'NoSuchKey'?); it starts with {_text_start(head)!r}"
+        )
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip", "a zip archive"
+    for magic, name in _ARCHIVES.items():
+        if head.startswith(magic):
+            return "archive", f"a {name}-compressed archive: extract it first"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "archive", "a tar archive: extract it first"
+    for magic, name in _IMAGES.items():
+        if head.startswith(magic):
+            return "image", name
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image", "a WebP image"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"):
+            return "image", f"a HEIF/AVIF image ({brand.decode('ascii', 'replace')})"
+        return "video", f"an MP4/QuickTime video ({brand.decode('ascii', 'replace').strip()})"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video", "an AVI video"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", "a Matroska/WebM video"
+    if head.startswith(b"%PDF"):
+        return "document", "a PDF document"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "text", "UTF-16 text, not binary data"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5", "an HDF5 file (Keras/TensorFlow .h5 weights?)"
+    if head.startswith(b"\x93NUMPY"):
+        return "numpy", "a NumPy .npy array"
+    if len(head) >= 9 and head[8:9] == b"{":
+        header = int.from_bytes(head[:8], "little")
+        if 2 <= header and (size is None or header <= size - 8) and head[8:].lstrip(b"{ ").startswith(b'"'):
+            return "safetensors", "a safetensors file (Hugging Face's tensor format)"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle", "a Python pickle"
+    if _looks_like_text(head[:4096]):
+        start = _text_start(head)
+        if stripped.startswith((b"{", b"[")):
+            return "json", f"JSON text, not binary data (it starts with {start!r})"
+        if re.search(rb"^(_BASE_|MODEL|SOLVER|INPUT|DATASETS)\s*:", head, re.MULTILINE):
+            return "yaml", f"a YAML config file (it starts with {start!r})"
+        return "text", f"text, not binary data (it starts with {start!r})"
+    if len(head) > 3 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42):
+        return "onnx", "an ONNX model (a protobuf, as exported for inference runtimes)"
+    return None
+
+
+def _local_path(file_name: str) -> bool:
+    return "://" not in file_name
+
+
+def _read_head(file_name: str, count: int = 4096) -> bytes:
     try:
         with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            image.load()  # decode now: truncated files fail here, not later inside an augmentation
+            return f.read(count)
+    except OSError:
+        return b""
+
+
+def _unreadable_image_message(file_name: str) -> str:
+    """``not a readable image ...`` naming ``file_name`` and, where its first bytes tell, what it is."""
+    size = os.path.getsize(file_name) if _local_path(file_name) and os.path.isfile(file_name) else None
+    described = describe_file_start(_read_head(file_name), size)
+    if described is None:
+        return f"not a readable image (unknown format or corrupt): {file_name}"
+    kind, what = described
+    if kind == "image" and what in _IMAGES.values() or what == "a WebP image":
+        return f"not a readable image (corrupt?): {file_name} starts like {what}, but PIL cannot decode it"
+    if kind == "image":
+        return (
+            f"not a readable image: {file_name} is {what}, a format PIL cannot decode here: convert it to PNG or JPEG"
+        )
+    return f"not a readable image: {file_name} is {what}"
+
+
+def _open_image(file_name: str) -> Image.Image:
+    """Open and fully decode an image file, with EXIF orientation applied; BadInputError if impossible."""
+    if _local_path(file_name):
+        if os.path.isdir(file_name):
+            raise BadInputError(f"not a readable image: {file_name} is a folder, not an image file")
+        if os.path.isfile(file_name) and os.path.getsize(file_name) == 0:
+            raise BadInputError(f"not a readable image: {file_name} is an empty file (0 bytes)")
+    try:
+        f = PathManager.open(file_name, "rb")
     except FileNotFoundError as e:
         raise BadInputError(f"image file not found: {file_name}") from e
+    except IsADirectoryError as e:
+        raise BadInputError(f"not a readable image: {file_name} is a folder, not an image file") from e
+    except OSError as e:  # permissions, a symlink loop, a network file system error, ...
+        raise BadInputError(f"cannot open image file {file_name}: {e.strerror or e}") from e
+    try:
+        with f:
+            image = Image.open(f)
+            image.load()  # decode now: truncated files fail here, not later inside an augmentation
     except UnidentifiedImageError as e:
-        raise BadInputError(f"not a readable image (unknown format or corrupt): {file_name}") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadInputError(_unreadable_image_message(file_name)) from e
+    except Image.DecompressionBombError as e:
+        raise BadInputError(f"image {file_name} is too large to decode safely: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
         raise BadInputError(f"cannot decode image {file_name} (truncated or corrupt?): {e}") from e
     try:
         image = ImageOps.exif_transpose(image)
     except Exception as e:  # a broken EXIF block: keep the stored orientation
         logger.warning(f"Ignoring unreadable EXIF orientation of {file_name}: {e}")
     return image
+
+
+def read_image_file(path: str, image_format: str) -> np.ndarray:
+    """Read an image file as an HxWxC uint8 array in ``image_format`` (``"BGR"``, ``"RGB"``, ``"L"``, ...,
+    as detectron2's ``read_image``), for every entry point that reads image files.
+
+    * EXIF orientation is applied.
+    * Every pixel mode becomes 8-bit colour: 16-bit (and 32-bit integer/float) pixels are scaled to
+      0..255, not clipped (detectron2's ``read_image`` turns most 16-bit images white); the alpha of
+      RGBA/LA/PA images is dropped; palette and grayscale images are expanded to colour.
+    * A file that cannot be used raises :class:`BadInputError` naming it and saying why: missing,
+      a folder, empty (0 bytes), unreadable, not an image (and what it looks like: text, an HTML page
+      from a failed download, a git-lfs pointer, an archive, ...), truncated or corrupt, or 0 pixels
+      wide or high. No PIL/OpenCV exception escapes.
+    """
+    image = _to_8bit(_open_image(path))
+    try:
+        array = utils.convert_PIL_to_numpy(image, image_format)
+    except (ValueError, OSError, KeyError) as e:
+        raise BadInputError(
+            f"image {path} has pixel mode {image.mode!r}, which cannot be converted to {image_format}: {e}"
+        ) from e
+    h, w = array.shape[:2]
+    if h == 0 or w == 0:
+        raise BadInputError(f"image {path} is empty ({w}x{h} pixels)")
+    return array
 
 
 def _resize_zero_side(hw: tuple[int, int], augmentations: Iterable) -> tuple[int, int] | None:
@@ -126,17 +324,15 @@ def read_image_checked(dataset_dict: dict, image_format: str, augmentations: Ite
     """Read ``dataset_dict["file_name"]`` as an HWC array in ``image_format`` (like detectron2's
     ``read_image`` + ``check_image_size``), with clear errors.
 
-    Converts every PIL mode (16-bit scaled to 8 bits, alpha dropped) and fills in missing
-    ``height``/``width``. Raises :class:`BadInputError` naming the file if it is missing,
-    unreadable, truncated, empty, of another size than the dict says, or so elongated that a
-    ``ResizeShortestEdge`` in ``augmentations`` would give it a zero side.
+    The file is read by :func:`read_image_file` (EXIF orientation, every PIL mode to 8-bit colour,
+    16-bit scaled, alpha dropped); fills in missing ``height``/``width``. Raises
+    :class:`BadInputError` naming the file if it is missing, unreadable, truncated, empty, of
+    another size than the dict says, or so elongated that a ``ResizeShortestEdge`` in
+    ``augmentations`` would give it a zero side.
     """
     file_name = dataset_dict["file_name"]
-    image = _to_8bit(_open_image(file_name))
-    array = utils.convert_PIL_to_numpy(image, image_format)
+    array = read_image_file(file_name, image_format)
     h, w = array.shape[:2]
-    if h == 0 or w == 0:
-        raise BadInputError(f"image {file_name} is empty ({w}x{h} pixels)")
     try:
         utils.check_image_size(dataset_dict, array)
     except utils.SizeMismatchError as e:

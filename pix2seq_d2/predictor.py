@@ -17,15 +17,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import Metadata, MetadataCatalog
+from detectron2.data import Metadata
 from detectron2.modeling import build_model
 
 from .augmentation import build_test_resize
 from .checkpoint import load_inference_weights
+from .coco_datasets import ensure_coco_metadata, register_coco_datasets
+from .config import IMAGE_FORMATS
+from .config_checks import check_config, resolve_auto_settings
 
 __all__ = ["Pix2SeqPredictor"]
-
-IMAGE_FORMATS = ("BGR", "RGB")
 
 
 class Pix2SeqPredictor:
@@ -40,11 +41,16 @@ class Pix2SeqPredictor:
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg.clone()
+        self.cfg.defrost()  # a copy: auto settings (NUM_CLASSES 0) are resolved in it
+        register_coco_datasets(self.cfg)  # DATASETS.COCO entries, so that their class names are known
+        resolve_auto_settings(self.cfg)
+        check_config(self.cfg, for_training=False)
         self.cfg.freeze()
+        cfg = self.cfg
         self.model = build_model(self.cfg)
         self.model.eval()
         load_inference_weights(self.cfg, self.model)
-        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else Metadata()
+        self.metadata = ensure_coco_metadata(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else Metadata()
         self.aug = build_test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in IMAGE_FORMATS:

@@ -12,6 +12,10 @@ Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). What it adds:
 * distribution: a DistributedDataParallel wrapper that also works for CPU (GLOO) workers,
   for which detectron2's ``create_ddp_model`` passes invalid ``device_ids``, and a check
   that all workers end training with the same weights;
+* start-up checks: every setting is checked before anything is built (out-of-range values,
+  ``NUM_CLASSES``/``CATEGORY_IDS`` against the datasets' classes, a schedule that auto-scaling
+  would turn into nonsense; see ``pix2seq_d2/config_checks.py``), and ``MODEL.PIX2SEQ.NUM_CLASSES``
+  0 ("auto") is taken from ``DATASETS.TRAIN[0]``;
 * reliability: atomic, weights-only checkpoints (``Pix2SeqCheckpointer``) and a train loader
   that ``resume_or_load`` continues where the checkpoint was written (data order,
   augmentation and dropout randomness), so a run killed with ``kill -9`` and resumed ends
@@ -34,6 +38,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .checkpoint import Pix2SeqCheckpointer
+from .config_checks import check_config, check_datasets, with_auto_settings
 from .dataset_mapper import Pix2SeqDatasetMapper
 from .distributed import ReplicaAgreementHook, broadcast_buffers_from_main
 from .ema import EMAHook, ModelEMA
@@ -75,12 +80,16 @@ class Pix2SeqTrainer(DefaultTrainer):
     """A ``DefaultTrainer`` for Pix2Seq (train/test loaders, evaluator, optimizer, schedule)."""
 
     def __init__(self, cfg: CfgNode):
+        # Bad settings stop here, before anything is built (the schedule as auto-scaled below).
+        cfg = with_auto_settings(cfg)  # MODEL.PIX2SEQ.NUM_CLASSES 0: from DATASETS.TRAIN[0]
+        check_config(cfg, for_training=True, num_workers=comm.get_world_size())
         # Same construction order as DefaultTrainer.__init__, with `wrap_distributed`.
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        check_datasets(cfg, for_training=True)  # classes that only loading the datasets made known
         model = wrap_distributed(model)
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer = MixedPrecisionTrainer.from_config(cfg, model, data_loader, optimizer)
@@ -121,6 +130,18 @@ class Pix2SeqTrainer(DefaultTrainer):
                 return evaluate()
 
         return evaluate_checkpointed_weights
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        return super().build_model(with_auto_settings(cfg))
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> dict:
+        """detectron2's evaluation on every ``DATASETS.TEST``, after the start-up checks of evaluation
+        (``check_config(for_training=False)``)."""
+        cfg = with_auto_settings(cfg)
+        check_config(cfg, for_training=False)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

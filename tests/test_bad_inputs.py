@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer, add_pix2seq_config
-from pix2seq_d2.input_checks import BadInputError, merge_config_checked, read_image_checked
+from pix2seq_d2.input_checks import BadInputError, merge_config_checked, read_image_checked, read_image_file
 
 from .conftest import QUICKSTART_CONFIG, REPO_ROOT, box_annotation, tiny_cfg, write_image
 from .test_resume import write_tiny_coco
@@ -80,6 +81,30 @@ def test_unusable_image_files_raise_an_error_naming_the_file(tmp_path, kind):
     # at test time the mapper stops with the same message (a skipped image would bias the evaluation)
     with pytest.raises(BadInputError, match=re.escape(str(path))):
         Pix2SeqDatasetMapper(tiny_cfg(), is_train=False)({"file_name": str(path)})
+
+
+def test_every_entry_point_reader_says_what_a_wrong_file_is(tmp_path):
+    """read_image_file (training, evaluation, demo, beliefs): the file named, and what it looks like."""
+    cases = {
+        "page.jpg": ("<!DOCTYPE html>\n<html><body>403 Forbidden</body></html>", "is an HTML page"),
+        "pointer.png": ("version https://git-lfs.github.com/spec/v1\noid sha256:ab12\nsize 5\n", "git-lfs pointer"),
+        "notes.png": ("a caption, not an image\n", "is text, not binary data (it starts with 'a caption"),
+    }
+    for name, (content, words) in cases.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(
+            BadInputError, match=rf"not a readable image: {re.escape(str(tmp_path / name))} .*{re.escape(words)}"
+        ):
+            read_image_file(str(tmp_path / name), "BGR")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(BadInputError, match=r"folder\.png is a folder, not an image file"):
+        read_image_file(str(tmp_path / "folder.png"), "RGB")
+
+    rgb16 = np.zeros((6, 8, 3), np.uint16)
+    rgb16[...] = (1000, 30000, 65535)  # BGR order for cv2
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16)
+    image = read_image_file(str(tmp_path / "rgb16.png"), "BGR")
+    assert image.dtype == np.uint8 and image[0, 0].tolist() == [3, 117, 255]  # scaled: 1000/257, 30000/257, 255
 
 
 def test_tiny_images_work_and_extreme_aspect_ratios_are_named(tmp_path):

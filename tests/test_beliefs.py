@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.beliefs import coordinate_distributions, draw_beliefs, read_beliefs
+from pix2seq_d2.input_checks import BadInputError
 from pix2seq_d2.tokenizer import Pix2SeqTokenizer
 
 from .conftest import REPO_ROOT, tiny_cfg, write_image
@@ -118,3 +120,22 @@ def test_tool_writes_pngs_for_real_images(tmp_path):
     )  # fmt: skip
     assert sorted(os.path.basename(p) for p in written) == ["other_beliefs.png", "shapes_beliefs.png"]
     assert all(cv2.imread(p) is not None for p in written)
+
+
+def test_tool_reads_images_through_the_checked_reader(tmp_path, monkeypatch):
+    """16-bit pixels are scaled (not white), and an unreadable image is named and skipped."""
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(tiny_cfg(*OBJECTS).dump())
+    deep = np.full((40, 48), 100 * 257, np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    (tmp_path / "lfs.png").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00ff\nsize 5120\n")
+    drawn = []
+    real_draw = visualize_beliefs.draw_beliefs
+    monkeypatch.setattr(visualize_beliefs, "draw_beliefs", lambda image, *a, **k: drawn.append(image) or
+                        real_draw(image, *a, **k))  # fmt: skip
+    with pytest.raises(BadInputError) as error:
+        visualize_beliefs.main(["--config-file", str(cfg_file), "--input", str(tmp_path / "*.png"), "--output",
+                                str(tmp_path / "out"), "--dpi", "30"])  # fmt: skip
+    assert f"{tmp_path / 'lfs.png'} is a git-lfs pointer" in str(error.value) and "1 of 2 input(s)" in str(error.value)
+    assert len(drawn) == 1 and drawn[0].shape == (40, 48, 3) and (drawn[0] == 100).all()
+    assert os.listdir(tmp_path / "out") == ["deep_beliefs.png"]

@@ -11,6 +11,18 @@
 name when there is a single input. For ``--video-input``/``--webcam``, ``--output`` is a
 video file (``.mp4``: mp4v codec, ``.avi``: MJPG) or a folder that receives ``<name>.mp4``.
 OpenCV here is headless: there is no window, so ``--output`` is always required.
+
+Images are read with ``pix2seq_d2.input_checks.read_image_file``, like training and evaluation:
+EXIF orientation applied, 16-bit pixels scaled to 8 bits (not clipped to white), alpha dropped,
+palette/grayscale expanded to colour.
+
+Bad inputs: an image that cannot be read (missing, empty, truncated, corrupt, not an image) is
+logged with its name and the reason and skipped; the other images are still drawn. At the end
+the run fails with an error listing every skipped file (``SkippedInputsError``; the command
+prints ``error: ...`` and exits with status 1, no traceback). A video that cannot be opened or
+of which no frame can be decoded is an error naming the file; one that ends early (truncated)
+is drawn up to there, with a warning. A bad ``MODEL.WEIGHTS`` file is an error saying what the
+file is (``pix2seq_d2.checkpoint.NotACheckpointError``).
 """
 
 from __future__ import annotations
@@ -20,13 +32,14 @@ import glob
 import logging
 import math
 import os
-from collections.abc import Iterator
+import pickle
+import sys
+from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -34,10 +47,54 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
+from pix2seq_d2.checkpoint import NotACheckpointError
 from pix2seq_d2.config import load_config
+from pix2seq_d2.input_checks import BadInputError, describe_file_start, read_image_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # both write and read back with opencv-python-headless
+
+
+class SkippedInputsError(BadInputError):
+    """Some inputs could not be read and were skipped; the others were processed.
+
+    Attributes: ``written`` (the outputs that were written) and ``skipped`` ({input path: reason}).
+    """
+
+    def __init__(self, skipped: dict[str, str], written: list[str], total: int):
+        reasons = "; ".join(reason.rstrip(".") for reason in skipped.values())
+        super().__init__(
+            f"{len(skipped)} of {total} input(s) could not be read and were skipped ({len(written)} output(s) "
+            f"written): {reasons}"
+        )
+        self.skipped = skipped
+        self.written = written
+
+
+# What the command line reports as "error: <message>" (exit status 1) instead of a traceback.
+USER_ERRORS = (BadInputError, NotACheckpointError, FileNotFoundError, pickle.UnpicklingError)
+
+
+def read_inputs(
+    paths: Iterable[str], logger: logging.Logger, skipped: dict[str, str]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(path, BGR image)`` for each readable image of ``paths`` (``read_image_file``); the others are logged
+    and recorded in ``skipped`` ({path: reason})."""
+    for path in paths:
+        try:
+            image = read_image_file(path, "BGR")
+        except BadInputError as e:
+            logger.warning(f"Skipping input {path}: {e}")
+            skipped[path] = str(e)
+            continue
+        yield path, image
+
+
+def finish_inputs(skipped: dict[str, str], written: list[str], total: int) -> list[str]:
+    """``written``, or a :class:`SkippedInputsError` naming the skipped inputs when there are any."""
+    if skipped:
+        raise SkippedInputsError(skipped, written, total)
+    return written
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
@@ -48,18 +105,21 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths."""
+    """Files, folders (their images, sorted) and glob patterns -> image paths. A file that does not exist is
+    kept (it is then reported as skipped, like any unreadable input); a glob pattern that matches nothing,
+    or no image at all, is a ``FileNotFoundError``."""
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
             names = sorted(os.listdir(pattern))
             paths += [os.path.join(pattern, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-        elif any(ch in pattern for ch in "*?["):
-            paths += sorted(glob.glob(pattern))
-        elif os.path.isfile(pattern):
+        elif os.path.isfile(pattern) or not any(ch in pattern for ch in "*?["):
             paths.append(pattern)
         else:
-            raise FileNotFoundError(f"--input {pattern!r} is neither a file, a folder nor a glob pattern that matches")
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"--input {pattern!r}: no file matches this pattern")
+            paths += matches
     if not paths:
         raise FileNotFoundError(f"no images found for --input {patterns}")
     return paths
@@ -154,14 +214,43 @@ def write_video(frames: Iterator[np.ndarray], path: str, fps: float, total: int 
     return count
 
 
+def check_video_file(path: str) -> None:
+    """A :class:`BadInputError` naming ``path`` if it is not a file OpenCV may read as a video: missing
+    (``FileNotFoundError``), a folder, empty, or text (an HTML page, a git-lfs pointer, ...)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--video-input {path!r} is not a file")
+    if os.path.isdir(path):
+        raise BadInputError(f"cannot read video {path}: it is a folder (use --input for a folder of images)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise BadInputError(f"cannot read video {path}: {e.strerror or e}") from e
+    described = describe_file_start(head, os.path.getsize(path))
+    if described is not None and described[0] in ("empty", "git-lfs", "html", "xml", "json", "yaml", "text"):
+        raise BadInputError(f"cannot read video {path}: it is {described[1]}")
+
+
+def open_video(path: str) -> cv2.VideoCapture:
+    """``cv2.VideoCapture(path)``, opened, or an error naming the file and, where it tells, what it is."""
+    check_video_file(path)
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        capture.release()
+        raise BadInputError(
+            f"cannot read video {path}: OpenCV cannot open it (not a video, corrupt, or a codec this OpenCV lacks)"
+        )
+    return capture
+
+
 def process_video(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger: logging.Logger) -> list[str]:
     """``--video-input`` or ``--webcam`` -> one output video."""
-    source = 0 if args.webcam else args.video_input
-    if not args.webcam and not os.path.isfile(args.video_input):
-        raise FileNotFoundError(f"--video-input {args.video_input!r} is not a file")
-    capture = cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise RuntimeError(f"cv2.VideoCapture cannot open {'the webcam' if args.webcam else args.video_input}")
+    if args.webcam:
+        capture = cv2.VideoCapture(0)
+        if not capture.isOpened():
+            raise RuntimeError("cv2.VideoCapture cannot open the webcam")
+    else:
+        capture = open_video(args.video_input)
     try:
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and math.isfinite(fps) and fps > 0 else 30.0
@@ -173,16 +262,25 @@ def process_video(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger:
         count = write_video(frames, target, fps, total or None)
     finally:
         capture.release()
+    if not args.webcam and count == 0:
+        raise BadInputError(
+            f"cannot read video {args.video_input}: no frame could be decoded (truncated, corrupt, or a codec this "
+            "OpenCV lacks)"
+        )
+    if not args.webcam and total and count < total:
+        logger.warning(f"only {count} of the {total} frames of {args.video_input} could be decoded: truncated?")
     logger.info(f"wrote {count} frame(s) at {fps:g} fps to {target}")
     return [target] if count else []
 
 
 def process_images(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger: logging.Logger) -> list[str]:
-    """``--input`` images -> one picture each."""
+    """``--input`` images -> one picture each. Unreadable images are logged and skipped, then reported
+    together (:class:`SkippedInputsError`) after the others were drawn."""
     paths = expand_inputs(args.input)
-    written = []
-    for path in tqdm(paths, desc="demo", disable=len(paths) < 2):
-        image = read_image(path, format="BGR")
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    progress = tqdm(paths, desc="demo", disable=len(paths) < 2)
+    for path, image in read_inputs(progress, logger, skipped):
         instances = predictor(image)["instances"]
         drawing = draw_image(image, instances, predictor.metadata, args.min_output_size)
         target = output_path(args.output, path, len(paths))
@@ -190,7 +288,7 @@ def process_images(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger
         written.append(target)
         logger.log(logging.DEBUG, f"{path}: {len(instances)} detections -> {target}")
     logger.info(f"wrote {len(written)} picture(s) to {args.output}")
-    return written
+    return finish_inputs(skipped, written, len(paths))
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -213,7 +311,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[str]:
-    """Run the demo; returns the paths written (pictures, or the one output video)."""
+    """Run the demo; returns the paths written (pictures, or the one output video). When some input images
+    cannot be read, the others are drawn, then :class:`SkippedInputsError` names the skipped ones."""
     setup_logger(name="fvcore")
     logger = setup_logger()
     predictor = Pix2SeqPredictor(setup_cfg(args))
@@ -222,5 +321,16 @@ def main(args: argparse.Namespace) -> list[str]:
     return process_video(args, predictor, logger)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: ``main``; bad inputs and weights are ``error: ...`` and exit status 1."""
+    args = get_parser().parse_args(argv)
+    try:
+        main(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    sys.exit(cli())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -19,8 +20,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.checkpoint import (
+    NotACheckpointError,
+    Pix2SeqCheckpointer,
+    ResumeCheckpointError,
+    UntrustedCheckpointError,
+)
+from pix2seq_d2.coco_datasets import CocoJsonError, register_coco_datasets
 from pix2seq_d2.config import load_config
+from pix2seq_d2.config_checks import ConfigError, resolve_auto_settings
 from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.ema import use_ema_weights
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
@@ -28,6 +36,8 @@ from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 def setup(args) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)  # unknown keys: an error naming key and file
+    register_coco_datasets(cfg)  # DATASETS.COCO entries (in every worker)
+    resolve_auto_settings(cfg)  # NUM_CLASSES 0 -> the training set's classes (written to config.yaml)
     cfg.freeze()
     default_setup(cfg, args)
     # detectron2 sets up its own loggers; this package logs under "pix2seq_d2".
@@ -45,10 +55,13 @@ def write_results(results: dict, path: str) -> None:
 
 def main(args):
     cfg = setup(args)
+    newest_intact = getattr(args, "resume_newest_intact", False)
+    resume = args.resume or newest_intact
     if args.eval_only:
         model = Pix2SeqTrainer.build_model(cfg)
-        checkpointer = Pix2SeqCheckpointer(model, save_dir=cfg.OUTPUT_DIR)  # weights-only loading
-        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # weights-only loading; a file that is no checkpoint is an error saying what it is
+        checkpointer = Pix2SeqCheckpointer(model, save_dir=cfg.OUTPUT_DIR, resume_newest_intact=newest_intact or None)
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         if cfg.MODEL.EMA.ENABLED:
             use_ema_weights(model, checkpoint)
         results = Pix2SeqTrainer.test(cfg, model)
@@ -57,7 +70,8 @@ def main(args):
             write_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
         return results
     trainer = Pix2SeqTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.checkpointer.resume_newest_intact |= newest_intact
+    trainer.resume_or_load(resume=resume)
     return trainer.train()
 
 
@@ -72,6 +86,12 @@ def parse_args(argv: list[str] | None = None):
     """detectron2's arguments; a missing ``--config-file`` is a usage error (detectron2's defaults
     would otherwise build a GPU Mask R-CNN and fail on the missing driver)."""
     parser = default_argument_parser()
+    parser.add_argument(
+        "--resume-newest-intact",
+        action="store_true",
+        help="like --resume; if the checkpoint named in OUTPUT_DIR/last_checkpoint is missing or corrupt, resume "
+        "from the newest intact model_*.pth there (logged; nothing is deleted)",
+    )
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error(
@@ -80,14 +100,21 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
+# Problems with the user's files or settings: one "error:" line naming them, no traceback.
+USER_ERRORS = (ConfigError, CocoJsonError, NotACheckpointError, ResumeCheckpointError, UntrustedCheckpointError)
+
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    launch(
-        worker_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            worker_main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

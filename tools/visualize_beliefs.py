@@ -11,16 +11,21 @@ axis, left of the box; solid: min, dotted: max) and ``xmin``/``xmax`` (along the
 axis, above the box); the right panel lists the generated tokens with their probabilities.
 See pix2seq_d2/beliefs.py. ``--output`` is a folder (``<image name>_beliefs.png`` each) or a
 ``.png`` file for a single input.
+
+Images are read like in training and in tools/demo.py (``pix2seq_d2.input_checks.read_image_file``:
+EXIF orientation, 16-bit scaled, alpha dropped). An image that cannot be read is logged with its name
+and skipped; after the others are drawn the run fails with an error listing the skipped files
+(``SkippedInputsError``: ``error: ...`` and exit status 1 on the command line, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from demo import expand_inputs
+from demo import USER_ERRORS, expand_inputs, finish_inputs, read_inputs
 from detectron2.config import CfgNode
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
@@ -57,16 +62,17 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    """Write one PNG per input image; returns their paths."""
+    """Write one PNG per input image; returns their paths. Unreadable images are skipped, then named in a
+    ``SkippedInputsError`` once the others are written."""
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     logger = setup_logger()
     predictor = Pix2SeqPredictor(setup_cfg(args.config_file, args.opts))
     class_names = predictor.metadata.get("thing_classes", None)
     paths = expand_inputs(args.input)
-    written = []
-    for path in tqdm(paths, desc="beliefs", disable=len(paths) < 2):
-        image = read_image(path, format="BGR")
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    for path, image in read_inputs(tqdm(paths, desc="beliefs", disable=len(paths) < 2), logger, skipped):
         beliefs = read_beliefs(predictor.model, [predictor.preprocess(image)], class_names)[0]
         figure = draw_beliefs(
             image[:, :, ::-1], beliefs, args.max_objects, args.score_threshold, title=os.path.basename(path)
@@ -75,8 +81,18 @@ def main(argv: list[str] | None = None) -> list[str]:
         figure.savefig(target, dpi=args.dpi)
         written.append(target)
     logger.info(f"wrote {len(written)} picture(s) to {args.output}")
-    return written
+    return finish_inputs(skipped, written, len(paths))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: ``main``; bad inputs and weights are ``error: ...`` and exit status 1."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

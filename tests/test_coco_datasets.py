@@ -69,6 +69,21 @@ def write_json(path, content) -> str:
     return str(path)
 
 
+def perfect_predictions_ap(name: str, dicts: list[dict], output_dir) -> float:
+    """COCOEvaluator's bbox AP for predictions equal to the loaded (non-crowd) boxes, in contiguous classes."""
+    evaluator = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(output_dir))
+    evaluator.reset()
+    for d in dicts:
+        objects = [a for a in d["annotations"] if not a["iscrowd"]]
+        instances = Instances((d["height"], d["width"]))
+        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in objects]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(objects))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in objects], dtype=torch.int64)
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
+    return evaluator.evaluate()["bbox"]["AP"]
+
+
 @pytest.fixture
 def names():
     """Dataset names a test registers; removed from the catalogs afterwards."""
@@ -144,18 +159,7 @@ def test_registered_dataset_is_evaluated_by_coco_evaluator_with_the_original_cat
     names.append(name)
     register_coco_json(name, write_json(tmp_path / "val.json", valid_coco(tmp_path)), tmp_path)
     dicts = DatasetCatalog.get(name)
-    evaluator = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "eval"))
-    evaluator.reset()
-    for d in dicts:
-        objects = [a for a in d["annotations"] if not a["iscrowd"]]
-        instances = Instances((d["height"], d["width"]))
-        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in objects]
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.ones(len(objects))
-        instances.pred_classes = torch.tensor([a["category_id"] for a in objects], dtype=torch.int64)
-        evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
-    results = evaluator.evaluate()
-    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert perfect_predictions_ap(name, dicts, tmp_path / "eval") == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("bad", [None, "12", float("nan")], ids=["null", "string", "nan"])
@@ -170,17 +174,8 @@ def test_skipped_boxes_do_not_reach_coco_evaluation(tmp_path, names, bad):
     register_coco_json(name, write_json(tmp_path / "val.json", coco), tmp_path)
     dicts = DatasetCatalog.get(name)
     assert not hasattr(MetadataCatalog.get(name), "json_file")
-    evaluator = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "eval"))
-    evaluator.reset()
-    for d in dicts:
-        objects = [a for a in d["annotations"] if not a["iscrowd"]]
-        instances = Instances((d["height"], d["width"]))
-        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in objects]
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.ones(len(objects))
-        instances.pred_classes = torch.tensor([a["category_id"] for a in objects], dtype=torch.int64)
-        evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
-    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)  # the skipped box is not a miss
+    # the skipped box is not a miss
+    assert perfect_predictions_ap(name, dicts, tmp_path / "eval") == pytest.approx(100.0)
 
 
 # ---- errors: one test per class of problem, each over concrete broken files ----

@@ -32,7 +32,6 @@ import glob
 import logging
 import math
 import os
-import pickle
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -47,8 +46,8 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
-from pix2seq_d2.checkpoint import NotACheckpointError
 from pix2seq_d2.config import load_config
+from pix2seq_d2.errors import run_command
 from pix2seq_d2.input_checks import BadInputError, describe_file_start, read_image_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -72,7 +71,6 @@ class SkippedInputsError(BadInputError):
 
 
 # What the command line reports as "error: <message>" (exit status 1) instead of a traceback.
-USER_ERRORS = (BadInputError, NotACheckpointError, FileNotFoundError, pickle.UnpicklingError)
 
 
 def read_inputs(
@@ -324,12 +322,7 @@ def main(args: argparse.Namespace) -> list[str]:
 def cli(argv: list[str] | None = None) -> int:
     """The command line: ``main``; bad inputs and weights are ``error: ...`` and exit status 1."""
     args = get_parser().parse_args(argv)
-    try:
-        main(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: main(args))
 
 
 if __name__ == "__main__":

@@ -20,17 +20,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint import (
-    NotACheckpointError,
-    Pix2SeqCheckpointer,
-    ResumeCheckpointError,
-    UntrustedCheckpointError,
-)
-from pix2seq_d2.coco_datasets import CocoJsonError, register_coco_datasets
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.coco_datasets import register_coco_datasets
 from pix2seq_d2.config import load_config
-from pix2seq_d2.config_checks import ConfigError, resolve_auto_settings
+from pix2seq_d2.config_checks import resolve_auto_settings
 from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.ema import use_ema_weights
+from pix2seq_d2.errors import run_command
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
@@ -100,21 +96,19 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
-# Problems with the user's files or settings: one "error:" line naming them, no traceback.
-USER_ERRORS = (ConfigError, CocoJsonError, NotACheckpointError, ResumeCheckpointError, UntrustedCheckpointError)
-
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
-            worker_main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
+    # a problem with the user's files or settings: one "error:" line naming it, exit status 1, no traceback
+    sys.exit(
+        run_command(
+            lambda: launch(
+                worker_main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
         )
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    )

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from demo import USER_ERRORS, expand_inputs, finish_inputs, read_inputs
+from demo import expand_inputs, finish_inputs, read_inputs
 from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.beliefs import draw_beliefs, read_beliefs
 from pix2seq_d2.config import load_config
+from pix2seq_d2.errors import run_command
 
 
 def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
@@ -86,12 +87,7 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 def cli(argv: list[str] | None = None) -> int:
     """The command line: ``main``; bad inputs and weights are ``error: ...`` and exit status 1."""
-    try:
-        main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: main(argv))
 
 
 if __name__ == "__main__":

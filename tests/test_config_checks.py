@@ -398,7 +398,7 @@ def mydata(tmp_path_factory) -> Iterator[None]:
 
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: os.path.relpath(p, REPO_ROOT))
 def test_every_shipped_config_passes(path, mydata):
-    cfg = load_config(path, ["MODEL.DEVICE", "cpu"])
+    cfg = resolve_auto_settings(load_config(path, ["MODEL.DEVICE", "cpu"]))  # as the entry points do
     assert check_config(cfg, for_training=False) == []
     if len(cfg.DATASETS.TRAIN):  # the Objects365 configs name no data: inference only
         assert check_config(cfg, for_training=True, num_workers=1) == []

@@ -52,9 +52,7 @@ class Pix2SeqPredictor:
         load_inference_weights(self.cfg, self.model)
         self.metadata = ensure_coco_metadata(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else Metadata()
         self.aug = build_test_resize(cfg)
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in IMAGE_FORMATS:
-            raise ValueError(f"INPUT.FORMAT must be one of {IMAGE_FORMATS}, got {self.input_format!r}")
+        self.input_format = cfg.INPUT.FORMAT  # one of IMAGE_FORMATS (check_config above)
 
     def preprocess(self, image: np.ndarray, format: str = "BGR") -> dict:
         """One image -> the model's input dict: ``image`` (CHW float tensor, resized, in

@@ -51,13 +51,17 @@ class SourceTensors:
         return [m for m in (compiled.fullmatch(n) for n in self.names) if m]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.peek(name).shape)
+        """The tensor's shape, without copying its data (a TF tensor is a view of the mapped file)."""
+        return tuple(self._read_known(name).shape)
 
-    def peek(self, name: str) -> torch.Tensor:
-        """The tensor, without marking it taken (for reading sizes)."""
+    def _read_known(self, name: str) -> np.ndarray | torch.Tensor:
         if name not in self.names:
             raise ConversionError(f"{self.path}: tensor {name!r} is missing")
-        value = self._read(name)
+        return self._read(name)
+
+    def peek(self, name: str) -> torch.Tensor:
+        """A copy of the tensor, without marking it taken."""
+        value = self._read_known(name)
         return torch.as_tensor(np.array(value)) if isinstance(value, np.ndarray) else value.detach().clone()
 
     def take(self, name: str) -> torch.Tensor:

@@ -98,7 +98,8 @@ class DecodedSequences:
     token_logprobs: torch.Tensor  # float [B, T] log of the full-vocabulary softmax of each token
     # float [B, K, R] log-softmax (full vocabulary) of the tokenizer's class range at each class slot
     class_logprobs: torch.Tensor
-    coord_argmax: torch.Tensor | None = None  # int64 [B, K, 4] the most likely coordinate token of each coord slot
+    # int64 [B, K, 4] the most likely coordinate token of each coord slot (box_from="argmax" only)
+    coord_argmax: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # float [B, T, V] raw logits, when asked for
 
     @property
@@ -209,13 +210,16 @@ def _forbidden_tokens(tokenizer: Pix2SeqTokenizer, options: DecodingOptions, dev
 
 class SlotRecorder:
     """What decoding keeps per object slot besides the tokens: the class range's log-probabilities
-    at class slots and the most likely coordinate token at coordinate slots."""
+    at class slots and, for ``box_from="argmax"`` only, the most likely coordinate token at coordinate
+    slots (None otherwise: no extra work per step)."""
 
-    def __init__(self, tokenizer: Pix2SeqTokenizer, rows: int, max_objects: int, device):
+    def __init__(self, tokenizer: Pix2SeqTokenizer, rows: int, max_objects: int, device, coord_argmax: bool):
         self.tokenizer = tokenizer
         lo, hi = tokenizer.class_token_range()
         self.class_logprobs = torch.zeros(rows, max_objects, hi - lo, device=device)
-        self.coord_argmax = torch.zeros(rows, max_objects, tokenizer.class_slot, dtype=torch.long, device=device)
+        self.coord_argmax = None
+        if coord_argmax:
+            self.coord_argmax = torch.zeros(rows, max_objects, tokenizer.class_slot, dtype=torch.long, device=device)
 
     def record(self, rows: torch.Tensor | slice, t: int, logprobs: torch.Tensor) -> None:
         """``logprobs [N, V]`` of step ``t`` for batch ``rows``."""
@@ -223,12 +227,14 @@ class SlotRecorder:
         if slot == self.tokenizer.class_slot:
             lo, hi = self.tokenizer.class_token_range()
             self.class_logprobs[rows, obj] = logprobs[:, lo:hi]
-        else:
+        elif self.coord_argmax is not None:
             lo, hi = self.tokenizer.coord_token_range()
             self.coord_argmax[rows, obj, slot] = logprobs[:, lo:hi].argmax(-1) + lo
 
     def select(self, rows: torch.Tensor) -> None:
-        self.class_logprobs, self.coord_argmax = self.class_logprobs[rows], self.coord_argmax[rows]
+        self.class_logprobs = self.class_logprobs[rows]
+        if self.coord_argmax is not None:
+            self.coord_argmax = self.coord_argmax[rows]
 
 
 @torch.no_grad()
@@ -264,7 +270,7 @@ def decode(
     tokens = torch.full((b, max_len + 1), tokenizer.PAD, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.START
     token_logprobs = torch.zeros(b, max_len, device=device)
-    slots = SlotRecorder(tokenizer, b, options.max_objects, device)
+    slots = SlotRecorder(tokenizer, b, options.max_objects, device, options.box_from == "argmax")
     all_logits = memory.new_zeros(b, max_len, tokenizer.vocab_size) if return_logits else None
     steps = DecoderSteps(decoder, memory, memory_pos, memory_padding, max_len, use_cache)
     active = torch.arange(b, device=device)  # batch rows still decoding
@@ -332,7 +338,7 @@ def beam_search(
     tokens = torch.full((b * w, max_len + 1), tokenizer.PAD, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.START
     token_logprobs = torch.zeros(b * w, max_len, device=device)
-    slots = SlotRecorder(tokenizer, b * w, options.max_objects, device)
+    slots = SlotRecorder(tokenizer, b * w, options.max_objects, device, options.box_from == "argmax")
     all_logits = memory.new_zeros(b * w, max_len, v) if return_logits else None
     # Only the first beam of each image is live at the start, so that the first step does not
     # pick W copies of the same token.
@@ -342,7 +348,7 @@ def beam_search(
         tokens=torch.full((b, max_len), tokenizer.PAD, dtype=torch.long, device=device),
         token_logprobs=torch.zeros(b, max_len, device=device),
         class_logprobs=torch.zeros_like(slots.class_logprobs[:b]),
-        coord_argmax=torch.zeros_like(slots.coord_argmax[:b]),
+        coord_argmax=None if slots.coord_argmax is None else torch.zeros_like(slots.coord_argmax[:b]),
         logits=memory.new_zeros(b, max_len, v) if return_logits else None,
     )
     best_scores = torch.full((b,), float("-inf"), device=device)
@@ -364,7 +370,8 @@ def beam_search(
             best.tokens[better, n] = tokenizer.EOS
             best.token_logprobs[better, n] = eos_logprob[better]
         best.class_logprobs[better] = slots.class_logprobs[src]
-        best.coord_argmax[better] = slots.coord_argmax[src]
+        if best.coord_argmax is not None:
+            best.coord_argmax[better] = slots.coord_argmax[src]
         if best.logits is not None:
             best.logits[better] = 0.0
             best.logits[better, :length] = all_logits[src, :length]

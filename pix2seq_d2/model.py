@@ -31,6 +31,7 @@ from .transformer import (
 
 POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
+PROJECTIONS_ON_POSITIONS = ("linear_ln", "identity")  # the others act on the feature map
 
 __all__ = ["Pix2Seq", "pad_sequences", "build_input_projection"]
 
@@ -43,8 +44,8 @@ def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
 def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: float = 1e-5) -> nn.Module:
     """The layer from backbone channels to the encoder width (``MODEL.PIX2SEQ.INPUT_PROJ``).
 
-    "conv" and "conv_gn" act on the feature map ``[B, C, h, w]``; "linear_ln" and "identity" on
-    the flattened positions ``[B, h*w, C]`` (see :meth:`Pix2Seq.encode`).
+    ``PROJECTIONS_ON_POSITIONS`` act on the flattened positions ``[B, h*w, C]``, the others on the
+    feature map ``[B, C, h, w]`` (see :meth:`Pix2Seq.encoder_input`).
     """
     if kind == "conv":
         return nn.Conv2d(in_channels, dim, kernel_size=1)
@@ -106,7 +107,7 @@ class Pix2Seq(nn.Module):
         self.input_proj = build_input_projection(
             input_proj, backbone.output_shape()[in_feature].channels, enc_dim, norm_eps
         )
-        self.input_proj_on_positions = input_proj in ("linear_ln", "identity")
+        self.input_proj_on_positions = input_proj in PROJECTIONS_ON_POSITIONS
         self.position_encoding = position_encoding
         self.use_padding_mask = use_padding_mask
         self.pad_to_square = pad_to_square
@@ -346,7 +347,11 @@ class Pix2Seq(nn.Module):
         """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
         rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
         sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
-        coord_tokens = sequences.coord_argmax if self.decoding.box_from == "argmax" else None
+        coord_tokens = None
+        if self.decoding.box_from == "argmax":
+            if sequences.coord_argmax is None:
+                raise ValueError("DECODE.BOX_FROM 'argmax' needs sequences decoded with box_from='argmax'")
+            coord_tokens = sequences.coord_argmax
         objects = self.tokenizer.decode(
             sequences.tokens,
             sequences.token_logprobs,

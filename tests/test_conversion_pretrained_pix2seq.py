@@ -6,8 +6,6 @@ computed by Pretrained-Pix2Seq's own code on its ``checkpoint.pth`` (random weig
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -77,7 +75,9 @@ def test_greedy_tokens_logits_and_postprocess(case):
     io = load_io(case)
     steps = io["greedy_tokens"].shape[1]
     tpo = model.tokenizer.tokens_per_object
-    options = DecodingOptions(strategy="greedy", grammar=False, stop_at_eos=False, max_objects=steps // tpo)
+    options = DecodingOptions(
+        strategy="greedy", grammar=False, stop_at_eos=False, max_objects=steps // tpo, box_from="argmax"
+    )
     images = _batch(io)
     with torch.no_grad():
         memory, pos, padding = model.encode(images)
@@ -90,7 +90,7 @@ def test_greedy_tokens_logits_and_postprocess(case):
     # PostProcess: our detections (class range argmax, argmax boxes) in original pixels. The release
     # neither clips nor sorts box corners (a random model's boxes leave the image), so they are
     # compared before detectron2's detector_postprocess, which clips to the image.
-    model.decoding = dataclasses.replace(options, box_from="argmax")
+    model.decoding = options
     results = model.detections([{}] * len(images), out, images, do_postprocess=False)
     category_ids = list(converted.config().MODEL.PIX2SEQ.TOKENIZER.CATEGORY_IDS)
     for i, result in enumerate(results):

@@ -33,12 +33,22 @@ POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
 PROJECTIONS_ON_POSITIONS = ("linear_ln", "identity")  # the others act on the feature map
 
-__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection"]
+__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection", "image_sizes_tensor"]
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
     """Right-pad 1-D tensors to the longest one in the batch -> ``[B, T_max]``."""
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_value)
+
+
+def image_sizes_tensor(images: ImageList, device: torch.device) -> torch.Tensor:
+    """``images.image_sizes`` as an int64 ``[B, 2]`` (h, w) tensor.
+
+    Under tracing (FLOP counting, ``TracingAdapter``, ``torch.jit.trace``) ``ImageList`` holds the
+    sizes as 0-d tensors, which ``torch.tensor`` cannot take; stacking keeps them in the graph.
+    """
+    sizes = [torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in images.image_sizes]
+    return torch.stack(sizes).to(device=device, dtype=torch.long)
 
 
 def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: float = 1e-5) -> nn.Module:
@@ -346,7 +356,7 @@ class Pix2Seq(nn.Module):
     ) -> list[dict]:
         """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
         rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
-        sizes = torch.tensor(images.image_sizes, device=self.device)  # [B, 2] (h, w)
+        sizes = image_sizes_tensor(images, self.device)  # [B, 2] (h, w)
         coord_tokens = None
         if self.decoding.box_from == "argmax":
             if sequences.coord_argmax is None:

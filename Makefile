@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # see README "Installing detectron2".
 D2_PYPI_SPEC ?= sal-detectron2==0.7.2
 PYTEST_ARGS ?=
+# detectron2's tool scripts (analyze_model.py, benchmark.py, ...) from the PyPI build
+D2_TOOLS ?= $(VENV)/share/detectron2/tools
 
 .PHONY: install test quickstart lint clean-quickstart
 
@@ -24,8 +26,9 @@ $(STAMP): setup.py
 	touch $@
 
 # Installs the cp310 wheel's Python code into the venv, then removes its _C extension
-# (built for Python 3.10 / torch 2.3; nothing here may use it) and the top-level `tools`
-# package the wheel ships, which would shadow this repository's tools/ folder.
+# (built for Python 3.10 / torch 2.3; nothing here may use it) and moves the top-level
+# `tools` package the wheel ships (detectron2's own tool scripts, which would shadow this
+# repository's tools/ folder) to $(D2_TOOLS), where tools/d2_tool.py runs them.
 .PHONY: install-detectron2-pypi
 install-detectron2-pypi:
 	purelib=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \

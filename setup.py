@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+EXPORT_REQUIRES = ["onnx", "onnxruntime", "onnxscript"]
+
 setup(
     name="pix2seq_d2",
     version="0.1.0",
@@ -28,6 +30,14 @@ setup(
         "opencv-python-headless",
         # C++ COCO evaluation, same numbers as pycocotools (TEST.COCO_EVAL_BACKEND, pix2seq_d2/evaluation.py)
         "faster-coco-eval",
+        # `from detectron2 import model_zoo` needs pkg_resources, which setuptools 81 removed
+        "setuptools<81",
+        # detectron2's tools/benchmark.py (and ours) report memory with it
+        "psutil",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={
+        # tools/export_model.py: ONNX export (torch's exporter needs onnxscript) and the ONNX Runtime runner
+        "export": EXPORT_REQUIRES,
+        "dev": ["pytest", "ruff", *EXPORT_REQUIRES],
+    },
 )

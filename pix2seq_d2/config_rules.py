@@ -20,12 +20,12 @@ from detectron2.config import CfgNode
 from .augmentation import TEST_RESIZES
 from .backbones import STEM_POOL_PADDINGS
 from .config import IMAGE_FORMATS
-from .dataset_mapper import OBJECT_ORDERS
 from .evaluation import BACKEND_CHOICES
 from .mixed_precision import PRECISIONS
 from .model import INPUT_PROJECTIONS, POSITION_ENCODINGS
 from .sequence_augmentation import CLASS_CORRUPTIONS
 from .tokenizer import SCORE_MODES, VOCABULARY_LAYOUT_REGISTRY
+from .training_sequences import OBJECT_ORDERS
 from .transformer import ACTIVATIONS
 
 __all__ = [

@@ -5,10 +5,11 @@ Reads the image with :func:`~pix2seq_d2.input_checks.read_image_checked` (EXIF o
 the augmentations of :func:`~pix2seq_d2.augmentation.build_pix2seq_augmentation`
 (``ResizeShortestEdge`` + ``RandomFlip`` by default; large-scale jitter and colour jitter
 from ``INPUT.LSJ`` / ``INPUT.COLOR_JITTER``), transforms the boxes, drops crowd and
-degenerate boxes (including boxes entirely outside the image or cropped away), orders the
-objects (randomly in training), keeps at most ``MAX_OBJECTS`` and tokenizes them into
-``seq_input`` / ``seq_target`` / ``seq_weight`` (see :mod:`pix2seq_d2.tokenizer`), in
-training with sequence augmentation when enabled (see :mod:`pix2seq_d2.sequence_augmentation`).
+degenerate boxes (including boxes entirely outside the image or cropped away), and makes the
+training sequence ``seq_input`` / ``seq_target`` / ``seq_weight`` with
+:class:`~pix2seq_d2.training_sequences.TrainingSequenceBuilder`: the objects ordered (randomly
+in training), at most ``MAX_OBJECTS`` of them, noise objects when sequence augmentation is on
+— the same code the model runs on batches from other mappers.
 
 Multi-crop (``INPUT.MULTI_CROP.NUM_VIEWS`` > 1, training only): the image is read once and
 augmented into that many independent views, each with its own boxes and sequence. The
@@ -33,23 +34,11 @@ from .augmentation import build_pix2seq_augmentation
 from .input_checks import drop_invalid_annotations, read_image_checked
 from .sequence_augmentation import SequenceAugmentation
 from .tokenizer import Pix2SeqTokenizer
+from .training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
 
 __all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS", "expand_views"]
 
 logger = logging.getLogger(__name__)
-
-
-def _top_left_distance(boxes: torch.Tensor) -> torch.Tensor:
-    return boxes[:, :2].norm(dim=1)
-
-
-# Object order -> the permutation of an image's boxes [n, 4] (x0 y0 x1 y1) into sequence order.
-OBJECT_ORDERS = {
-    "random": lambda boxes: torch.randperm(len(boxes)),
-    "area": lambda boxes: torch.argsort((boxes[:, 2:] - boxes[:, :2]).prod(1), descending=True, stable=True),
-    "distance": lambda boxes: torch.argsort(_top_left_distance(boxes), stable=True),
-    "none": lambda boxes: torch.arange(len(boxes)),
-}
 
 
 def expand_views(batched_inputs: list[dict]) -> list[dict]:
@@ -96,15 +85,16 @@ class Pix2SeqDatasetMapper:
         """
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
-        if object_order not in OBJECT_ORDERS:
-            raise ValueError(f"object order must be one of {sorted(OBJECT_ORDERS)}, got {object_order!r}")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.tokenizer = tokenizer
-        self.max_objects = max_objects
-        self.object_order = "none" if object_order == "random" and not is_train else object_order
-        self.sequence_augmentation = sequence_augmentation if is_train else None
+        self.sequences = TrainingSequenceBuilder(
+            tokenizer,
+            max_objects,
+            "none" if object_order == "random" and not is_train else object_order,
+            sequence_augmentation if is_train else None,
+        )
         self.use_annotations = is_train if use_annotations is None else use_annotations
         self.num_views = num_views if is_train else 1
         mode = "training" if is_train else "inference"
@@ -112,24 +102,15 @@ class Pix2SeqDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
-        p = cfg.MODEL.PIX2SEQ
-        seq_aug = None
-        if p.SEQ_AUG.ENABLED:
-            seq_aug = SequenceAugmentation(
-                max_objects=p.MAX_OBJECTS,
-                noise_class_weight=p.SEQ_AUG.NOISE_CLASS_WEIGHT,
-                class_corruption=p.SEQ_AUG.CLASS_CORRUPTION,
-                jitter=p.SEQ_AUG.JITTER,
-                duplicate_jitter=p.SEQ_AUG.DUPLICATE_JITTER,
-            )
+        sequences = TrainingSequenceBuilder.from_config(cfg, is_train=True)  # the mapper applies is_train
         return {
             "is_train": is_train,
             "augmentations": build_pix2seq_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "tokenizer": Pix2SeqTokenizer.from_config(cfg),
-            "max_objects": p.MAX_OBJECTS,
-            "object_order": p.OBJECT_ORDER,
-            "sequence_augmentation": seq_aug,
+            "tokenizer": sequences.tokenizer,
+            "max_objects": sequences.max_objects,
+            "object_order": sequences.object_order,
+            "sequence_augmentation": sequences.sequence_augmentation,
             "num_views": cfg.INPUT.MULTI_CROP.NUM_VIEWS,
         }
 
@@ -158,14 +139,10 @@ class Pix2SeqDatasetMapper:
         if not self.use_annotations or annotations is None:
             return dataset_dict
         instances = self.transform_annotations(annotations, transforms, image_hw)
-        instances = self.order_and_truncate(instances)
-        if self.sequence_augmentation is not None:
-            tokens = self.sequence_augmentation.encode(
-                self.tokenizer, instances.gt_boxes.tensor, instances.gt_classes, image_hw
-            )
-        else:
-            tokens = self.tokenizer.encode(instances.gt_boxes.tensor, instances.gt_classes, image_hw)
-        dataset_dict["instances"] = instances
+        # The model's own path for batches without token tensors, here for a batch of one.
+        sequences = self.sequences(ObjectBatch.from_instances([instances]))
+        dataset_dict["instances"] = instances[sequences.objects[0, : int(sequences.num_objects[0])]]
+        tokens = sequences.row(0)
         dataset_dict["seq_input"] = tokens.input
         dataset_dict["seq_target"] = tokens.target
         dataset_dict["seq_weight"] = tokens.weight
@@ -182,8 +159,3 @@ class Pix2SeqDatasetMapper:
         instances = utils.annotations_to_instances(kept, image_hw)
         instances.gt_boxes.clip(image_hw)
         return instances[instances.gt_boxes.nonempty()]
-
-    def order_and_truncate(self, instances: Instances) -> Instances:
-        """Put the objects in sequence order and keep at most ``max_objects`` of them."""
-        order = OBJECT_ORDERS[self.object_order](instances.gt_boxes.tensor)
-        return instances[order][: self.max_objects]

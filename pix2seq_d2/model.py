@@ -1,7 +1,11 @@
 """The ``Pix2Seq`` meta-architecture: backbone -> transformer encoder -> token decoder.
 
 Training returns ``{"loss_seq": ...}``, the token-weighted cross-entropy of the target
-sequences (built by :class:`~pix2seq_d2.dataset_mapper.Pix2SeqDatasetMapper`). Inference
+sequences. Inputs from :class:`~pix2seq_d2.dataset_mapper.Pix2SeqDatasetMapper` carry them
+(``seq_input``/``seq_target``/``seq_weight``); inputs from any other detectron2 mapper carry
+``instances``, from which the model makes them itself, on its device, with the same code
+(:mod:`pix2seq_d2.training_sequences`), seeded by (``SEED``, worker, trainer iteration) so that
+a resumed run draws what the uninterrupted run drew. Inference
 decodes object sequences and returns ``[{"instances": Instances}]`` in each image's
 original size, like every detectron2 model.
 """
@@ -20,7 +24,9 @@ from torch import nn
 from .dataset_mapper import expand_views
 from .decoding import DecodedSequences, DecodingOptions, decode
 from .input_checks import check_finite_loss
-from .tokenizer import Pix2SeqTokenizer
+from .resumable_data import current_training_iteration, sequence_seed, training_seed
+from .tokenizer import Pix2SeqTokenizer, TokenizedObjects
+from .training_sequences import ObjectBatch, SequenceDraws, TrainingSequenceBuilder
 from .transformer import (
     MemoryProjection,
     TokenDecoder,
@@ -33,7 +39,7 @@ POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
 PROJECTIONS_ON_POSITIONS = ("linear_ln", "identity")  # the others act on the feature map
 
-__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection", "image_sizes_tensor"]
+__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection", "image_sizes_tensor", "token_decoder"]
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
@@ -70,6 +76,43 @@ def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: floa
     raise ValueError(f"unknown MODEL.PIX2SEQ.INPUT_PROJ {kind!r}; known: {INPUT_PROJECTIONS}")
 
 
+def token_decoder(
+    *,
+    tokenizer: Pix2SeqTokenizer,
+    max_objects: int,
+    num_layers: int,
+    dim: int,
+    num_heads: int,
+    ffn_dim: int,
+    dropout: float = 0.1,
+    pre_norm: bool = False,
+    share_embedding: bool = True,
+    drop_path: float = 0.0,
+    activation: str = "relu",
+    norm_eps: float = 1e-5,
+    learned_positions: bool = True,
+    max_len: int = 0,
+) -> TokenDecoder:
+    """A ``TokenDecoder`` with ``tokenizer``'s (output and input) vocabulary and positions for sequences
+    of up to ``max_objects`` objects (``max_len`` positions instead when > 0: ``MAX_SEQ_LEN``)."""
+    return TokenDecoder(
+        tokenizer.vocab_size,
+        max_len or tokenizer.sequence_length(max_objects),
+        num_layers,
+        dim,
+        num_heads,
+        ffn_dim,
+        dropout=dropout,
+        pre_norm=pre_norm,
+        share_embedding=share_embedding,
+        drop_path=drop_path,
+        activation=activation,
+        norm_eps=norm_eps,
+        input_vocab_size=tokenizer.input_vocab_size,
+        learned_positions=learned_positions,
+    )
+
+
 @META_ARCH_REGISTRY.register()
 class Pix2Seq(nn.Module):
     """Pix2Seq object detector (Chen et al., ICLR 2022) as a detectron2 meta-architecture."""
@@ -96,6 +139,8 @@ class Pix2Seq(nn.Module):
         pad_value: float = 0.0,
         memory_projection: MemoryProjection | None = None,
         norm_eps: float = 1e-5,
+        sequence_builder: TrainingSequenceBuilder | None = None,
+        sequence_seed: int = 0,
     ):
         """
         Args:
@@ -103,6 +148,9 @@ class Pix2Seq(nn.Module):
                 decoder's when it has none and no memory projection).
             input_proj, position_encoding, use_padding_mask, pad_to_square, pad_value,
             memory_projection: see ``MODEL.PIX2SEQ`` in pix2seq_d2/config.py.
+            sequence_builder: makes training sequences from ``instances`` for inputs that carry
+                no token tensors (None: such inputs are an error).
+            sequence_seed: base seed of those sequences' randomness inside a detectron2 trainer.
         """
         super().__init__()
         if position_encoding not in POSITION_ENCODINGS:
@@ -130,6 +178,9 @@ class Pix2Seq(nn.Module):
         self.score_mode = score_mode
         self.score_thresh_test = score_thresh_test
         self.detections_per_image = detections_per_image
+        self.sequence_builder = sequence_builder
+        self.sequence_seed = sequence_seed
+        self._sequence_calls = (-1, 0)  # (trainer iteration, forwards in it) of the last sequences made
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -143,7 +194,6 @@ class Pix2Seq(nn.Module):
                 f"(it gives {sorted(backbone.output_shape())})"
             )
         tokenizer = Pix2SeqTokenizer.from_config(cfg)
-        max_len = p.MAX_SEQ_LEN or tokenizer.sequence_length(max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST))
         common = dict(
             dropout=p.DROPOUT,
             pre_norm=p.PRE_NORM,
@@ -169,15 +219,15 @@ class Pix2Seq(nn.Module):
             "backbone": backbone,
             "in_feature": p.IN_FEATURE,
             "encoder": TransformerEncoder(p.ENC_LAYERS, p.HIDDEN_DIM, p.NUM_HEADS, p.DIM_FEEDFORWARD, **common),
-            "decoder": TokenDecoder(
-                tokenizer.vocab_size,
-                max_len,
-                p.DEC_LAYERS,
-                dec_dim,
-                p.DEC_NUM_HEADS or p.NUM_HEADS,
-                p.DEC_DIM_FEEDFORWARD or p.DIM_FEEDFORWARD,
+            "decoder": token_decoder(
+                tokenizer=tokenizer,
+                max_objects=max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST),
+                max_len=p.MAX_SEQ_LEN,
+                num_layers=p.DEC_LAYERS,
+                dim=dec_dim,
+                num_heads=p.DEC_NUM_HEADS or p.NUM_HEADS,
+                ffn_dim=p.DEC_DIM_FEEDFORWARD or p.DIM_FEEDFORWARD,
                 share_embedding=p.SHARE_EMBEDDING,
-                input_vocab_size=tokenizer.input_vocab_size,
                 learned_positions=p.DECODER_POSITIONS == "learned",
                 **common,
             ),
@@ -195,6 +245,8 @@ class Pix2Seq(nn.Module):
             "pad_value": p.PAD_VALUE,
             "memory_projection": memory_projection,
             "norm_eps": p.LAYER_NORM_EPS,
+            "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True),
+            "sequence_seed": training_seed(None, cfg),  # SEED, or one drawn per process
         }
 
     @property
@@ -217,18 +269,19 @@ class Pix2Seq(nn.Module):
         return ImageList.from_tensors(images, self.backbone.size_divisibility, self.pad_value, constraints)
 
     def encoder_input(
-        self, feature: torch.Tensor, images: ImageList
+        self, feature: torch.Tensor, image_sizes: torch.Tensor, padded_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Backbone feature ``[B, C, h, w]`` -> encoder input ``[B, h*w, D]`` (positions added when
+        """Backbone feature ``[B, C, h, w]`` of images padded to ``padded_hw`` whose own sizes are
+        ``image_sizes`` int64 ``[B, 2]`` -> encoder input ``[B, h*w, D]`` (positions added when
         they enter once), positions for every attention layer ``[B, h*w, D]`` (None: none) and
-        padding ``[B, h*w]`` (None: nothing masked)."""
-        b, _, h_img, w_img = images.tensor.shape
+        padding ``[B, h*w]`` (None: nothing masked). Tensor ops only: it traces and exports."""
         grid_hw = tuple(feature.shape[-2:])
-        padding = torch.zeros(b, h_img, w_img, dtype=torch.bool, device=feature.device)
-        if self.use_padding_mask:
-            padding[:] = True
-            for i, (h, w) in enumerate(images.image_sizes):
-                padding[i, :h, :w] = False
+        rows = torch.arange(padded_hw[0], device=feature.device)[None, :, None]  # [1, H, 1]
+        cols = torch.arange(padded_hw[1], device=feature.device)[None, None, :]  # [1, 1, W]
+        sizes = image_sizes.to(feature.device)
+        padding = (rows >= sizes[:, :1, None]) | (cols >= sizes[:, 1:, None])  # [B, H, W]
+        if not self.use_padding_mask:
+            padding = torch.zeros_like(padding)
         padding = F.interpolate(padding[None].float(), size=grid_hw)[0].bool()  # [B, h, w]
         if self.input_proj_on_positions:
             src = self.input_proj(feature.flatten(2).transpose(1, 2))  # [B, S, D]
@@ -245,8 +298,15 @@ class Pix2Seq(nn.Module):
     def encode(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> memory ``[B, S, D]`` for the decoder, the positions its cross-attention keys get
         ``[B, S, D]`` (None: none), and its padding ``[B, S]`` (None: nothing masked)."""
-        feature = self.backbone(images.tensor)[self.in_feature]  # [B, C, h, w]
-        src, pos, padding = self.encoder_input(feature, images)
+        return self.encode_padded(images.tensor, image_sizes_tensor(images, self.device))
+
+    def encode_padded(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`encode` of a normalised, padded batch ``[B, 3, H, W]`` whose images' own sizes are
+        ``image_sizes`` int64 ``[B, 2]`` (h, w): the tensor form that export traces."""
+        feature = self.backbone(images)[self.in_feature]  # [B, C, h, w]
+        src, pos, padding = self.encoder_input(feature, image_sizes, tuple(images.shape[-2:]))
         memory = self.encoder(src, pos, padding)
         if self.memory_projection is not None:
             return self.memory_projection(memory, tuple(feature.shape[-2:])), None, padding
@@ -257,27 +317,52 @@ class Pix2Seq(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         batched_inputs = expand_views(batched_inputs)  # multi-crop: one entry per augmented view
-        missing = [i for i, x in enumerate(batched_inputs) if "seq_input" not in x]
-        if missing:
-            raise ValueError(
-                "Pix2Seq training inputs need 'seq_input', 'seq_target' and 'seq_weight' from "
-                f"Pix2SeqDatasetMapper; batch items {missing} have none (is the train loader using it?)"
-            )
+        sequences = self.training_sequences(batched_inputs)
         memory, pos, padding = self.encode(self.preprocess_image(batched_inputs))
-        logits, seq_target, seq_weight = self.teacher_forced_logits(batched_inputs, memory, pos, padding)
-        loss = self.sequence_loss(logits, seq_target, seq_weight)
+        logits = self.decoder(sequences.input, memory, pos, padding)  # [B, T, V]
+        loss = self.sequence_loss(logits, sequences.target, sequences.weight)
         check_finite_loss(loss, batched_inputs)  # FloatingPointError naming the iteration and the files
         return {"loss_seq": loss}
 
-    def teacher_forced_logits(
-        self, batched_inputs: list[dict], memory: torch.Tensor, pos: torch.Tensor, padding: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The decoder fed the inputs' ``seq_input`` -> logits ``[B, T, V]``, targets ``[B, T]``
-        (PAD after each sequence's end) and target weights ``[B, T]``."""
-        seq_input = pad_sequences([x["seq_input"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
-        seq_target = pad_sequences([x["seq_target"] for x in batched_inputs], self.tokenizer.PAD).to(self.device)
-        seq_weight = pad_sequences([x["seq_weight"] for x in batched_inputs], 0.0).to(self.device)
-        return self.decoder(seq_input, memory, pos, padding), seq_target, seq_weight
+    def training_sequences(self, batched_inputs: list[dict], draws: SequenceDraws | None = None) -> TokenizedObjects:
+        """The batch's teacher-forcing input, target and weight ``[B, T]`` on the model's device.
+
+        Inputs with ``seq_input``/``seq_target``/``seq_weight`` (our mapper) give their own,
+        padded. Inputs with only ``instances`` (``gt_boxes``/``gt_classes`` in the image's
+        pixels, any detectron2 mapper) get them made here by ``sequence_builder`` with ``draws``,
+        by default drawn from a generator seeded by (``sequence_seed``, worker, trainer iteration).
+        """
+        carried = ["seq_input" in x for x in batched_inputs]
+        if all(carried):
+            return TokenizedObjects(
+                input=pad_sequences([x["seq_input"] for x in batched_inputs], self.tokenizer.PAD).to(self.device),
+                target=pad_sequences([x["seq_target"] for x in batched_inputs], self.tokenizer.PAD).to(self.device),
+                weight=pad_sequences([x["seq_weight"] for x in batched_inputs], 0.0).to(self.device),
+            )
+        names = [x.get("file_name", f"batch item {i}") for i, x in enumerate(batched_inputs)]
+        unusable = [name for name, x, c in zip(names, batched_inputs, carried) if c or "instances" not in x]
+        if unusable or self.sequence_builder is None:
+            raise ValueError(
+                "Pix2Seq training inputs need either 'seq_input'/'seq_target'/'seq_weight' (Pix2SeqDatasetMapper) "
+                "on every item, or 'instances' (any detectron2 mapper) on every item and a sequence builder; "
+                f"these do not fit the rest of the batch: {unusable or names}"
+            )
+        instances = [x["instances"] for x in batched_inputs]
+        objects = ObjectBatch.from_instances(instances, self.device, self.tokenizer.num_classes, names)
+        generator = self._sequence_generator() if draws is None else None
+        return self.sequence_builder(objects, draws, generator).tokens
+
+    def _sequence_generator(self) -> torch.Generator | None:
+        """A generator on the model's device seeded by (``sequence_seed``, rank, trainer iteration,
+        forward within it); None outside a detectron2 trainer (the global RNG is used)."""
+        iteration = current_training_iteration()
+        if iteration is None:
+            return None
+        last_iteration, calls = self._sequence_calls
+        call = calls if iteration == last_iteration else 0
+        self._sequence_calls = (iteration, call + 1)
+        seed = sequence_seed(self.sequence_seed, comm.get_rank(), iteration, call)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     @staticmethod
     def sequence_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -341,7 +426,8 @@ class Pix2Seq(nn.Module):
         (the most likely token). :class:`~pix2seq_d2.sequence_likelihood.SequenceLikelihoodEvaluator`
         turns them into NLL/perplexity per token kind and class accuracy.
         """
-        logits, target, _ = self.teacher_forced_logits(batched_inputs, memory, pos, padding)
+        sequences = self.training_sequences(batched_inputs)
+        logits, target = self.decoder(sequences.input, memory, pos, padding), sequences.target
         logprobs = logits.float().log_softmax(-1)  # [B, T, V]
         target_logprob = logprobs.gather(-1, target[..., None])[..., 0]  # [B, T]
         argmax = logprobs.argmax(-1)  # [B, T]

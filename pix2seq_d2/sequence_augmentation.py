@@ -37,6 +37,34 @@ CLASS_CORRUPTIONS = ("none", "rand_cls", "real_n_fake_cls", "rand_n_fake_cls", "
 NOISE_BOX_KINDS = ("random", "jitter", "duplicate")
 
 
+# The columns of NoiseDraws.uniform, one row per noise object slot.
+KIND, CENTRE, SIZE, SOURCE, RANDOM_CLASS, CORRUPTION = 0, slice(1, 3), slice(3, 5), 5, 6, 7
+NUM_UNIFORM, NUM_NORMAL = 8, 4
+
+
+@dataclass(frozen=True)
+class NoiseDraws:
+    """The random numbers behind the noise objects and class corruption of a batch.
+
+    Everything random about an object slot is drawn here, once, so that the same draws give the
+    same sequences whichever way they are assembled (one image at a time or a whole batch).
+    """
+
+    uniform: torch.Tensor  # [B, M, 8] in [0, 1): kind, centre x y, size w h, source, random class, corruption
+    normal: torch.Tensor  # [B, M, 4] standard normal: the jitter of each box edge
+
+    def rows(self, index: int | slice | torch.Tensor) -> NoiseDraws:
+        """The draws of some images (``index`` into the batch dimension; an int keeps it)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return NoiseDraws(self.uniform[index], self.normal[index])
+
+
+def _pick(u: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """Uniform ``u`` in [0, 1) -> an index in ``[0, count)`` (``count`` broadcast against ``u``; 0 if empty)."""
+    last = (torch.as_tensor(count, device=u.device) - 1).clamp(min=0)
+    return torch.minimum((u * count).long(), last)
+
+
 @dataclass(frozen=True)
 class SequenceAugmentation:
     """Fills training sequences with noise objects and corrupts their input class tokens."""
@@ -53,51 +81,125 @@ class SequenceAugmentation:
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
 
+    def draw(
+        self,
+        num_images: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        num_slots: int | None = None,
+    ) -> NoiseDraws:
+        """Random numbers for ``num_images`` images of ``num_slots`` (default ``max_objects``) slots."""
+        m = self.max_objects if num_slots is None else num_slots
+        return NoiseDraws(
+            uniform=torch.rand(num_images, m, NUM_UNIFORM, device=device, generator=generator),
+            normal=torch.randn(num_images, m, NUM_NORMAL, device=device, generator=generator),
+        )
+
+    def noise_boxes_batch(
+        self, real_boxes: torch.Tensor, num_real: torch.Tensor, image_hw: torch.Tensor, draws: NoiseDraws
+    ) -> torch.Tensor:
+        """A noise box for every slot of ``draws``: ``[B, M, 4]`` (x0 y0 x1 y1, pixels), inside the
+        image, at least 1 px wide and high. ``real_boxes [B, K, 4]`` of which the first ``num_real [B]``
+        are each image's real objects; ``image_hw [B, 2]``."""
+        u, normal = draws.uniform, draws.normal
+        hw = image_hw.to(u)  # [B, 2] (h, w)
+        h, w = hw[:, 0, None], hw[:, 1, None]  # [B, 1]
+        scale = torch.stack([w, h, w, h], dim=-1)  # [B, 1, 4]
+        num_real = num_real.to(u.device)[:, None]  # [B, 1]
+        kinds = _pick(u[..., KIND], len(NOISE_BOX_KINDS)).masked_fill(num_real == 0, 0)  # [B, M]
+        # random: centre uniform in the image, sides 5%..50% of the image
+        centre, size = u[..., CENTRE], 0.05 + 0.45 * u[..., SIZE]  # [B, M, 2]
+        boxes = torch.cat([centre - size / 2, centre + size / 2], -1) * scale  # [B, M, 4]
+        if real_boxes.shape[1]:
+            source_index = _pick(u[..., SOURCE], num_real)  # [B, M]
+            source = real_boxes.to(u).gather(1, source_index[..., None].expand(-1, -1, 4))  # [B, M, 4]
+            wh = (source[..., 2:] - source[..., :2]).repeat(1, 1, 2)  # [B, M, 4] w h w h
+            for kind, sigma in ((1, self.jitter), (2, self.duplicate_jitter)):
+                moved = source + normal * sigma * wh
+                boxes = torch.where((kinds == kind)[..., None], moved, boxes)
+        boxes = torch.minimum(boxes.clamp(min=0), scale)
+        x0, y0 = torch.minimum(boxes[..., 0], boxes[..., 2]), torch.minimum(boxes[..., 1], boxes[..., 3])
+        x1, y1 = torch.maximum(boxes[..., 0], boxes[..., 2]), torch.maximum(boxes[..., 1], boxes[..., 3])
+        # at least 1 px wide and high, still inside the image
+        x0, y0 = torch.minimum(x0, w - 1.0), torch.minimum(y0, h - 1.0)
+        x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
+        return torch.stack([x0, y0, x1, y1], -1)
+
+    def corrupt_classes_batch(
+        self, target_classes: torch.Tensor, tokenizer: Pix2SeqTokenizer, draws: NoiseDraws
+    ) -> torch.Tensor:
+        """Input class tokens ``[B, M]`` from target class tokens ``[B, M]`` (class or NOISE tokens)."""
+        u = draws.uniform
+        class_tokens = tokenizer.class_tokens.to(target_classes.device)
+        random_real = class_tokens[_pick(u[..., RANDOM_CLASS], tokenizer.num_classes)]
+        noise = torch.full_like(target_classes, tokenizer.NOISE)
+        c = u[..., CORRUPTION]
+        choices = {
+            "none": lambda: target_classes,
+            "rand_cls": lambda: random_real,
+            "real_n_fake_cls": lambda: torch.where(c < 0.5, target_classes, noise),
+            "rand_n_fake_cls": lambda: torch.where(c < 0.5, random_real, noise),
+            "real_n_rand_n_fake_cls": lambda: torch.where(
+                c < 1 / 3, target_classes, torch.where(c < 2 / 3, random_real, noise)
+            ),
+        }
+        return choices[self.class_corruption]()
+
+    def encode_batch(
+        self,
+        tokenizer: Pix2SeqTokenizer,
+        boxes_xyxy: torch.Tensor,
+        classes: torch.Tensor,
+        num_real: torch.Tensor,
+        image_hw: torch.Tensor,
+        draws: NoiseDraws,
+    ) -> TokenizedObjects:
+        """A batch of images' real objects (boxes ``[B, K, 4]``, classes ``[B, K]``, the first
+        ``num_real [B]`` of each row, in order; at most ``max_objects`` used) + noise objects up to
+        ``max_objects`` -> input, target and weight ``[B, 5 * max_objects + 1]``.
+
+        Targets: real objects as usual; noise objects' class target is NOISE with weight
+        ``noise_class_weight`` and their coordinate targets have weight 0; EOS last with the
+        tokenizer's ``eos_weight``. Inputs: START, then every object with its class token
+        corrupted according to ``class_corruption``.
+        """
+        m, cs = self.max_objects, tokenizer.class_slot
+        b, k = classes.shape
+        if k < m:  # room for every slot
+            boxes_xyxy = torch.cat([boxes_xyxy, boxes_xyxy.new_zeros(b, m - k, 4)], 1)
+            classes = torch.cat([classes, classes.new_zeros(b, m - k)], 1)
+        boxes_xyxy, classes = boxes_xyxy[:, :m], classes[:, :m]
+        num_real = num_real.to(classes.device).clamp(max=m)
+        is_noise = torch.arange(m, device=classes.device)[None] >= num_real[:, None]  # [B, M]
+        tokenizer.check_classes(classes[~is_noise])
+        noise = self.noise_boxes_batch(boxes_xyxy, num_real, image_hw, draws)  # [B, M, 4]
+        boxes = torch.where(is_noise[..., None], noise, boxes_xyxy.float())
+        objects = tokenizer.object_tokens(boxes, classes.masked_fill(is_noise, 0), image_hw)  # [B, M, 5]
+        objects[..., cs] = objects[..., cs].masked_fill(is_noise, tokenizer.NOISE)
+        weights = torch.ones(objects.shape, device=objects.device)  # [B, M, 5]
+        coordinate_slots = torch.arange(tokenizer.tokens_per_object, device=objects.device) != cs  # [5]
+        weights[is_noise[..., None] & coordinate_slots] = 0.0
+        weights[..., cs] = weights[..., cs].masked_fill(is_noise, self.noise_class_weight)
+        inputs = objects.clone()
+        inputs[..., cs] = self.corrupt_classes_batch(objects[..., cs], tokenizer, draws)
+        all_slots = torch.full_like(num_real, m)
+        return tokenizer.wrap_batch(objects.flatten(1), weights.flatten(1), all_slots, inputs.flatten(1))
+
+    # ---- one image (the same code, a batch of one) ----------------------------------------
     def noise_boxes(
         self, real_boxes: torch.Tensor, image_hw: tuple[int, int], num: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """``num`` noise boxes ``[num, 4]`` (x0 y0 x1 y1, pixels), inside the image, at least 1 px wide/high."""
-        h, w = image_hw
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        kinds = torch.randint(len(NOISE_BOX_KINDS), (num,), generator=generator)
-        if len(real_boxes) == 0:
-            kinds.zero_()
-        # random: centre uniform in the image, sides 5%..50% of the image
-        centre = torch.rand(num, 2, generator=generator)
-        size = 0.05 + 0.45 * torch.rand(num, 2, generator=generator)
-        boxes = torch.cat([centre - size / 2, centre + size / 2], 1) * scale  # [num, 4]
-        if len(real_boxes):
-            source = real_boxes.float()[torch.randint(len(real_boxes), (num,), generator=generator)]
-            wh = (source[:, 2:] - source[:, :2]).repeat(1, 2)  # [num, 4] w h w h
-            for kind, sigma in ((1, self.jitter), (2, self.duplicate_jitter)):
-                moved = source + torch.randn(num, 4, generator=generator) * sigma * wh
-                boxes = torch.where((kinds == kind)[:, None], moved, boxes)
-        boxes = torch.minimum(boxes.clamp(min=0), scale)
-        x0, y0 = torch.minimum(boxes[:, 0], boxes[:, 2]), torch.minimum(boxes[:, 1], boxes[:, 3])
-        x1, y1 = torch.maximum(boxes[:, 0], boxes[:, 2]), torch.maximum(boxes[:, 1], boxes[:, 3])
-        # at least 1 px wide and high, still inside the image
-        x0, y0 = torch.minimum(x0, torch.tensor(w - 1.0)), torch.minimum(y0, torch.tensor(h - 1.0))
-        x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
-        return torch.stack([x0, y0, x1, y1], 1)
+        """``num`` noise boxes ``[num, 4]`` for one image (x0 y0 x1 y1, pixels)."""
+        draws = self.draw(1, real_boxes.device, generator, num_slots=num)
+        sizes = torch.tensor([image_hw], device=real_boxes.device)
+        return self.noise_boxes_batch(real_boxes[None], torch.tensor([len(real_boxes)]), sizes, draws)[0]
 
     def corrupt_input_classes(
         self, target_classes: torch.Tensor, tokenizer: Pix2SeqTokenizer, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Input class tokens ``[n]`` from target class tokens ``[n]`` (class or NOISE tokens)."""
-        n = target_classes.numel()
-        random_real = tokenizer.class_tokens[torch.randint(tokenizer.num_classes, (n,), generator=generator)]
-        noise = torch.full_like(target_classes, tokenizer.NOISE)
-        u = torch.rand(n, generator=generator)
-        choices = {
-            "none": target_classes,
-            "rand_cls": random_real,
-            "real_n_fake_cls": torch.where(u < 0.5, target_classes, noise),
-            "rand_n_fake_cls": torch.where(u < 0.5, random_real, noise),
-            "real_n_rand_n_fake_cls": torch.where(
-                u < 1 / 3, target_classes, torch.where(u < 2 / 3, random_real, noise)
-            ),
-        }
-        return choices[self.class_corruption]
+        draws = self.draw(1, target_classes.device, generator, num_slots=target_classes.numel())
+        return self.corrupt_classes_batch(target_classes.reshape(1, -1), tokenizer, draws)[0]
 
     def encode(
         self,
@@ -107,25 +209,10 @@ class SequenceAugmentation:
         image_hw: tuple[int, int],
         generator: torch.Generator | None = None,
     ) -> TokenizedObjects:
-        """Real objects (at most ``max_objects``, in the order given) + noise objects up to
-        ``max_objects`` -> input, target and weight tensors of length ``5 * max_objects + 1``.
-
-        Targets: real objects as usual; noise objects' class target is NOISE with weight
-        ``noise_class_weight`` and their coordinate targets have weight 0; EOS last with the
-        tokenizer's ``eos_weight``. Inputs: START, then every object with its class token
-        corrupted according to ``class_corruption``.
-        """
-        boxes_xyxy, classes = boxes_xyxy[: self.max_objects], classes[: self.max_objects]
-        num_real = len(classes)
-        plain = tokenizer.encode(boxes_xyxy, classes, image_hw)
-        noise = self.noise_boxes(boxes_xyxy, image_hw, self.max_objects - num_real, generator)
-        noise_tokens = tokenizer.object_tokens(noise, torch.zeros(len(noise), dtype=torch.long), image_hw)
-        tpo, cs = tokenizer.tokens_per_object, tokenizer.class_slot
-        noise_tokens[:, cs] = tokenizer.NOISE
-        objects = torch.cat([plain.target[:-1].reshape(-1, tpo), noise_tokens])  # [M, 5]
-        weights = torch.ones(self.max_objects, tpo)
-        weights[num_real:, :cs] = 0.0
-        weights[num_real:, cs] = self.noise_class_weight
-        inputs = objects.clone()
-        inputs[:, cs] = self.corrupt_input_classes(objects[:, cs], tokenizer, generator)
-        return tokenizer.wrap(objects.reshape(-1), weights.reshape(-1), inputs.reshape(-1))
+        """One image's objects (in the order given) -> tensors of length ``5 * max_objects + 1``
+        (see :meth:`encode_batch`)."""
+        draws = self.draw(1, boxes_xyxy.device, generator)
+        sizes = torch.tensor([image_hw], device=boxes_xyxy.device)
+        num_real = torch.tensor([len(classes)], device=boxes_xyxy.device)
+        out = self.encode_batch(tokenizer, boxes_xyxy.reshape(1, -1, 4), classes.reshape(1, -1), num_real, sizes, draws)
+        return TokenizedObjects(input=out.input[0], target=out.target[0], weight=out.weight[0])

@@ -136,11 +136,12 @@ def pretrained_pix2seq(num_classes: int, num_bins: int, category_ids: Sequence[i
 
 @dataclass(frozen=True)
 class TokenizedObjects:
-    """The token tensors of one image: ``input``, ``target`` and ``weight`` are 1-D, equal length."""
+    """Token tensors of one image (1-D, ``[5n+1]``) or of a batch (``[B, T]``, rows padded with PAD
+    and weight 0): ``input``, ``target`` and ``weight`` have equal shapes."""
 
-    input: torch.Tensor  # int64 [5n+1]
-    target: torch.Tensor  # int64 [5n+1]
-    weight: torch.Tensor  # float32 [5n+1]
+    input: torch.Tensor  # int64 [5n+1] or [B, T]
+    target: torch.Tensor  # int64 [5n+1] or [B, T]
+    weight: torch.Tensor  # float32 [5n+1] or [B, T]
 
 
 @dataclass(frozen=True)
@@ -286,35 +287,86 @@ class Pix2SeqTokenizer:
         return (n, n) if n else (int(image_hw[0]), int(image_hw[1]))
 
     # ---- encoding ------------------------------------------------------------------------
-    def object_tokens(self, boxes_xyxy: torch.Tensor, classes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-        """Boxes ``[n, 4]`` (x0 y0 x1 y1, pixels) and classes ``[n]`` -> tokens ``[n, 5]``."""
-        h, w = self.normalizer_hw(image_hw)
-        boxes = boxes_xyxy.float().reshape(-1, 4)
-        normalized = boxes / boxes.new_tensor([w, h, w, h])  # [n, 4] x0 y0 x1 y1
-        coord_tokens = self.quantize(normalized[:, list(self.slot_axes)]) + self.layout.coord_base
-        class_tokens = self.class_tokens[classes.long().reshape(-1)].reshape(-1, 1)
-        return torch.cat([coord_tokens, class_tokens], dim=1)
+    def _coordinate_scale(self, image_hw: tuple[int, int] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The (w, h, w, h) pixels that normalise a box: ``[4]`` for one image size, ``[B, 1, 4]``
+        for a tensor of sizes ``[B, 2]``."""
+        if self.coord_normalizer:
+            return like.new_full((4,), float(self.coord_normalizer))
+        if isinstance(image_hw, torch.Tensor):
+            hw = image_hw.to(like)  # [B, 2] (h, w)
+            return torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
+        h, w = image_hw
+        return like.new_tensor([w, h, w, h])
 
-    def encode(self, boxes_xyxy: torch.Tensor, classes: torch.Tensor, image_hw: tuple[int, int]) -> TokenizedObjects:
-        """One image's objects (in the order given) -> teacher-forcing input, target and weights."""
+    def object_tokens(
+        self, boxes_xyxy: torch.Tensor, classes: torch.Tensor, image_hw: tuple[int, int] | torch.Tensor
+    ) -> torch.Tensor:
+        """Boxes ``[n, 4]`` (x0 y0 x1 y1, pixels) and classes ``[n]`` of one image -> tokens ``[n, 5]``;
+        or a batch: boxes ``[B, n, 4]``, classes ``[B, n]``, sizes ``[B, 2]`` -> ``[B, n, 5]``."""
+        boxes = boxes_xyxy.float()
+        if boxes.dim() == 1:
+            boxes = boxes.reshape(-1, 4)
+        normalized = boxes / self._coordinate_scale(image_hw, boxes)  # [..., n, 4] x0 y0 x1 y1
+        coord_tokens = self.quantize(normalized[..., list(self.slot_axes)]) + self.layout.coord_base
+        class_tokens = self.class_tokens.to(boxes.device)[classes.long().reshape(boxes.shape[:-1])]
+        return torch.cat([coord_tokens, class_tokens[..., None]], dim=-1)
+
+    def check_classes(self, classes: torch.Tensor) -> None:
+        """ValueError unless every class id lies in ``[0, num_classes)``."""
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
             raise ValueError(
                 f"class ids must lie in [0, {self.num_classes}), got {classes.min().item()}..{classes.max().item()}"
             )
+
+    def encode(self, boxes_xyxy: torch.Tensor, classes: torch.Tensor, image_hw: tuple[int, int]) -> TokenizedObjects:
+        """One image's objects (in the order given) -> teacher-forcing input, target and weights."""
+        self.check_classes(classes)
         body = self.object_tokens(boxes_xyxy, classes, image_hw).reshape(-1)  # [5n]
         return self.wrap(body, torch.ones(body.numel()))
+
+    def encode_batch(
+        self, boxes_xyxy: torch.Tensor, classes: torch.Tensor, num_objects: torch.Tensor, image_hw: torch.Tensor
+    ) -> TokenizedObjects:
+        """A batch: boxes ``[B, K, 4]``, classes ``[B, K]`` of which the first ``num_objects [B]`` of
+        each row are objects (in order), image sizes ``[B, 2]`` -> ``[B, 5K+1]`` tensors, each row
+        its image's sequence followed by PAD (target and input) with weight 0."""
+        real = torch.arange(classes.shape[1], device=classes.device) < num_objects[:, None]  # [B, K]
+        self.check_classes(classes[real])
+        body = self.object_tokens(boxes_xyxy, classes.clamp(0, self.num_classes - 1), image_hw)  # [B, K, 5]
+        body = body.flatten(1)  # [B, 5K]
+        return self.wrap_batch(body, torch.ones(body.shape, device=body.device), num_objects)
 
     def wrap(
         self, objects: torch.Tensor, weights: torch.Tensor, inputs: torch.Tensor | None = None
     ) -> TokenizedObjects:
         """Object tokens ``[5n]`` (targets), their weights ``[5n]`` and optionally other input tokens
         ``[5n]`` -> ``START inputs`` / ``objects EOS`` / ``weights eos_weight``."""
+        num_objects = torch.tensor([objects.numel() // self.tokens_per_object], device=objects.device)
+        inputs = None if inputs is None else inputs[None]
+        out = self.wrap_batch(objects[None], weights[None], num_objects, inputs)
+        return TokenizedObjects(input=out.input[0], target=out.target[0], weight=out.weight[0])
+
+    def wrap_batch(
+        self,
+        objects: torch.Tensor,
+        weights: torch.Tensor,
+        num_objects: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+    ) -> TokenizedObjects:
+        """Per row of ``[B, 5K]`` object tokens (targets), weights and optional other input tokens,
+        the first ``5 * num_objects`` are the image's -> ``[B, 5K+1]``: ``START inputs PAD..`` /
+        ``objects EOS PAD..`` / ``weights eos_weight 0..``."""
         inputs = objects if inputs is None else inputs
-        return TokenizedObjects(
-            input=torch.cat([objects.new_full((1,), self.START), inputs]),
-            target=torch.cat([objects, objects.new_full((1,), self.EOS)]),
-            weight=torch.cat([weights.float(), torch.tensor([self.eos_weight])]),
-        )
+        b = objects.shape[0]
+        length = (self.tokens_per_object * num_objects.to(objects.device))[:, None]  # [B, 1] EOS position
+        position = torch.arange(objects.shape[1] + 1, device=objects.device)[None]  # [1, 5K+1]
+        after, at_end = position > length, position == length
+        pad = objects.new_full((b, 1), self.PAD)
+        target = torch.cat([objects, pad], 1).masked_fill(at_end, self.EOS).masked_fill(after, self.PAD)
+        seq_input = torch.cat([objects.new_full((b, 1), self.START), inputs], 1).masked_fill(after, self.PAD)
+        weight = torch.cat([weights.float().to(objects.device), weights.new_zeros(b, 1).float()], 1)
+        weight = weight.masked_fill(at_end, self.eos_weight).masked_fill(after, 0.0)
+        return TokenizedObjects(input=seq_input, target=target, weight=weight)
 
     # ---- decoding ------------------------------------------------------------------------
     def decode(

@@ -16,6 +16,7 @@ from detectron2.structures import ImageList
 
 from pix2seq_d2.backbones import max_pool_tf_same
 from pix2seq_d2.decoding import DecodingOptions, decode
+from pix2seq_d2.model import image_sizes_tensor
 from pix2seq_d2.transformer import sincos_position_table
 
 from .peer_fixtures import REL_TOL, case_id, cases, converted_model, load_io, nhwc, rel_error
@@ -88,7 +89,9 @@ def test_position_tables_encoder_and_memory(case):
         else:
             feature = model.backbone(images.tensor)[model.in_feature]
             h, w = feature.shape[-2:]
-            encoder_input, pos, padding = model.encoder_input(feature, images)
+            encoder_input, pos, padding = model.encoder_input(
+                feature, image_sizes_tensor(images, "cpu"), images.tensor.shape[-2:]
+            )
             assert pos is None and padding is None  # positions once at the input, nothing masked
             table = sincos_position_table(h, w, encoder_input.shape[-1])
             encoder_output = model.encoder(encoder_input, pos, padding)

@@ -12,6 +12,7 @@ import torch
 from detectron2.structures import ImageList
 
 from pix2seq_d2.decoding import DecodingOptions, decode
+from pix2seq_d2.model import image_sizes_tensor
 from pix2seq_d2.transformer import sine_position_encoding
 
 from .peer_fixtures import REL_TOL, case_id, cases, converted_model, load_io, rel_error
@@ -35,7 +36,7 @@ def test_backbone_projection_positions_and_memory(case):
     images = _batch(io)
     with torch.no_grad():
         feature = model.backbone(images.tensor)[model.in_feature]
-        src, pos, padding = model.encoder_input(feature, images)
+        src, pos, padding = model.encoder_input(feature, image_sizes_tensor(images, "cpu"), images.tensor.shape[-2:])
         memory, cross_pos, _ = model.encode(images)
     b, d, h, w = io["input_proj"].shape
     assert rel_error(feature, io["backbone_feature"]) < REL_TOL

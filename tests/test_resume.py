@@ -140,6 +140,7 @@ setup_logger()
 torch.set_num_threads(1)  # tiny model: one thread is fastest, and immune to a busy machine
 
 json_file, output_dir, kill_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+detectron2_mapper = sys.argv[5] == "detectron2"
 register_coco_instances("tiny_resume", {}, json_file, os.path.dirname(json_file))
 
 
@@ -171,8 +172,18 @@ cfg = tiny_cfg(
     "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "float16",  # a grad scaler with state, on the CPU
     "OUTPUT_DIR", output_dir,
 )
+class TrainerWithDetectron2Mapper(Pix2SeqTrainer):
+    """detectron2's DatasetMapper (no token tensors): the model makes the sequences, noise included."""
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from detectron2.data import DatasetMapper
+        from pix2seq_d2.resumable_data import build_resumable_train_loader
+        mapper = DatasetMapper(cfg, is_train=True)
+        return build_resumable_train_loader(cfg, mapper, num_classes=cfg.MODEL.PIX2SEQ.NUM_CLASSES)
+
+
 seed_all_rng(cfg.SEED)  # what default_setup does in train_net: the same initial weights in every run
-trainer = Pix2SeqTrainer(cfg)
+trainer = (TrainerWithDetectron2Mapper if detectron2_mapper else Pix2SeqTrainer)(cfg)
 counter = CountingHook()
 trainer.register_hooks([counter, KillAfterCheckpoint()])
 # A stateful hook must run before the PeriodicCheckpointer, which saves the hooks' state in its after_step.
@@ -183,27 +194,31 @@ trainer.train()
 '''
 
 
-def _drive(tmp_path, json_file, out, kill_at: int = -1, resume: bool = False) -> subprocess.CompletedProcess:
+def _drive(
+    tmp_path, json_file, out, kill_at: int = -1, resume: bool = False, mapper: str = "pix2seq"
+) -> subprocess.CompletedProcess:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1", DETECTRON2_DATASETS=str(tmp_path))
-    cmd = [sys.executable, str(driver), json_file, str(out), str(kill_at), "1" if resume else "0"]
+    cmd = [sys.executable, str(driver), json_file, str(out), str(kill_at), "1" if resume else "0", mapper]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_sigkill_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path):
+# "detectron2": detectron2's DatasetMapper in the resumable loader; the model makes the sequences
+@pytest.mark.parametrize("mapper", ["pix2seq", "detectron2"])
+def test_sigkill_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path, mapper):
     json_file = write_tiny_coco(str(tmp_path / "data"))
 
-    straight = _drive(tmp_path, json_file, tmp_path / "straight")
+    straight = _drive(tmp_path, json_file, tmp_path / "straight", mapper=mapper)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    killed = _drive(tmp_path, json_file, killed_dir, kill_at=5)
+    killed = _drive(tmp_path, json_file, killed_dir, kill_at=5, mapper=mapper)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (killed_dir / "last_checkpoint").read_text() == "model_0000005.pth"
     assert not (killed_dir / "model_final.pth").exists()
 
-    resumed = _drive(tmp_path, json_file, killed_dir, resume=True)
+    resumed = _drive(tmp_path, json_file, killed_dir, resume=True, mapper=mapper)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Starting training from iteration 6" in resumed.stdout + resumed.stderr
 

@@ -9,6 +9,8 @@ decay to ``SOLVER.END_LR_FACTOR``; any other name goes to detectron2's scheduler
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
@@ -42,17 +44,58 @@ def with_global_norm_clipping(optimizer_cls: type, max_norm: float) -> type:
     return GlobalNormClipping
 
 
+def with_gradient_clipping(
+    optimizer_cls: type[torch.optim.Optimizer],
+    *,
+    enabled: bool = True,
+    clip_type: str = "full_model",
+    clip_value: float = 1.0,
+    norm_type: float = 2.0,
+) -> type[torch.optim.Optimizer]:
+    """``optimizer_cls`` with ``SOLVER.CLIP_GRADIENTS``'s clipping before each step: "full_model" clips
+    the global norm over all parameters to ``clip_value``; "value" and "norm" are detectron2's
+    per-parameter clippers; ``enabled`` False returns ``optimizer_cls``."""
+    if not enabled:
+        return optimizer_cls
+    if clip_type == "full_model":
+        return with_global_norm_clipping(optimizer_cls, clip_value)
+    # detectron2's per-parameter clippers are only offered through a config node.
+    clip = {"ENABLED": True, "CLIP_TYPE": clip_type, "CLIP_VALUE": clip_value, "NORM_TYPE": norm_type}
+    return maybe_add_gradient_clipping(CfgNode({"SOLVER": {"CLIP_GRADIENTS": clip}}), optimizer_cls)
+
+
+def build_adamw(
+    params: Iterable[dict] | Iterable[nn.Parameter],
+    *,
+    lr: float,
+    betas: Sequence[float] = (0.9, 0.999),
+    clip_gradients: Mapping | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (e.g. :func:`optimizer_param_groups`: each group carries its weight
+    decay) with the clipping of :func:`with_gradient_clipping` (``clip_gradients``: its keyword
+    arguments; None: no clipping)."""
+    optimizer_cls = with_gradient_clipping(torch.optim.AdamW, **dict(clip_gradients or {"enabled": False}))
+    return optimizer_cls(list(params), lr=lr, betas=tuple(betas))
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW from ``SOLVER.BASE_LR/BETAS/WEIGHT_DECAY`` with ``SOLVER.CLIP_GRADIENTS``."""
     if cfg.SOLVER.OPTIMIZER.upper() != "ADAMW":
         raise ValueError(f"Pix2Seq trains with AdamW; SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r} is not supported")
     clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        adamw = with_global_norm_clipping(torch.optim.AdamW, clip.CLIP_VALUE)
-    else:
-        adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+    clipping = dict(
+        enabled=clip.ENABLED, clip_type=clip.CLIP_TYPE, clip_value=clip.CLIP_VALUE, norm_type=clip.NORM_TYPE
+    )
     groups = optimizer_param_groups(model, cfg.SOLVER.WEIGHT_DECAY)
-    return adamw(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS))
+    return build_adamw(groups, lr=cfg.SOLVER.BASE_LR, betas=cfg.SOLVER.BETAS, clip_gradients=clipping)
+
+
+def warmup_fraction(warmup_iters: int, max_iter: int) -> float:
+    """The ``warmup_length`` (a fraction of training) of a ``WarmupParamScheduler`` whose warmup lasts
+    ``warmup_iters`` iterations, at most the whole run (``SOLVER.WARMUP_ITERS`` / ``SOLVER.MAX_ITER``)."""
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    return min(warmup_iters / max_iter, 1.0)
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -63,7 +106,7 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.
     schedule = WarmupParamScheduler(
         decay,
         cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+        warmup_fraction(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER),
         cfg.SOLVER.WARMUP_METHOD,
         cfg.SOLVER.RESCALE_INTERVAL,
     )

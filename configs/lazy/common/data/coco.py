@@ -1,0 +1,86 @@
+"""COCO 2017 as configs/pix2seq_R50.yaml reads it: large-scale jitter at 640 px (scale 0.3-2.0) + flip +
+colour distortion for training, the longest side resized to 640 px at test, evaluated with COCO AP/AR
+and the validation sequences' likelihood. Datasets come from $DETECTRON2_DATASETS/coco.
+
+The mappers and the likelihood evaluator take the model's tokenizer (``${model.tokenizer}``), and the
+training sequences keep at most ``model.decoder.max_objects`` objects.
+"""
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.evaluation import DatasetEvaluators
+from omegaconf import OmegaConf
+
+from pix2seq_d2.augmentation import ColorJitter, RandomFixedSizeCrop
+from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
+from pix2seq_d2.lazy import resumable_train_loader
+from pix2seq_d2.sequence_likelihood import SequenceLikelihoodEvaluator
+
+image_size = 640  # INPUT.LSJ.IMAGE_SIZE
+
+dataloader = OmegaConf.create()
+
+# ---- training: resumable (exact resume: data order and augmentation continue where a run stopped) ----
+dataloader.train = L(resumable_train_loader)(
+    names="coco_2017_train",
+    mapper=L(Pix2SeqDatasetMapper)(
+        is_train=True,
+        # INPUT.LSJ: flip, fit into a square of image_size * U(0.3, 2.0), crop a window of at most
+        # image_size x image_size (no pixel padding: the model pads and masks); then INPUT.COLOR_JITTER.
+        augmentations=[
+            L(T.RandomFlip)(horizontal=True, vertical=False),
+            L(T.ResizeScale)(min_scale=0.3, max_scale=2.0, target_height=image_size, target_width=image_size),
+            L(RandomFixedSizeCrop)(crop_size=(image_size, image_size)),
+            L(ColorJitter)(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, image_format="${...image_format}"),
+        ],
+        image_format="BGR",
+        tokenizer="${model.tokenizer}",
+        max_objects="${model.decoder.max_objects}",
+        object_order="random",  # a new random object order every time an image is loaded
+        sequence_augmentation=None,
+        num_views=1,
+    ),
+    total_batch_size=16,  # over all workers (SOLVER.IMS_PER_BATCH)
+    seed="${train.seed}",
+    num_workers=4,
+    aspect_ratio_grouping=True,
+    filter_empty=True,
+    sampler="TrainingSampler",
+    num_classes="${model.tokenizer.num_classes}",  # annotations are checked against it first
+)
+
+# ---- evaluation ----
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    mapper=L(Pix2SeqDatasetMapper)(
+        is_train=False,
+        # INPUT.MIN/MAX_SIZE_TEST = image_size: the longest side becomes image_size (LSJ at scale 1).
+        augmentations=[
+            L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size, sample_style="choice")
+        ],
+        image_format="${...train.mapper.image_format}",
+        tokenizer="${model.tokenizer}",
+        max_objects="${model.decoder.max_objects}",
+        # The annotations are tokenized too, for the likelihood evaluator (TEST.SEQ_LIKELIHOOD); set
+        # False and drop SequenceLikelihoodEvaluator below to evaluate COCO AP alone.
+        use_annotations=True,
+    ),
+    num_workers=4,
+)
+
+dataloader.evaluator = L(DatasetEvaluators)(
+    evaluators=[
+        # COCO AP and AR, written with the predictions under OUTPUT_DIR/inference/<dataset>.
+        L(COCOEvaluatorWithRecall)(
+            dataset_name="${dataloader.test.dataset.names}",
+            tasks=("bbox",),
+            output_dir="${train.output_dir}/inference/${dataloader.test.dataset.names}",
+            max_dets_per_image=100,  # at least the objects decoded per image
+            backend="auto",  # TEST.COCO_EVAL_BACKEND: faster-coco-eval when installed, else pycocotools
+        ),
+        # NLL / perplexity of the ground-truth sequences by token kind, and class accuracy.
+        L(SequenceLikelihoodEvaluator)(tokenizer="${model.tokenizer}"),
+    ]
+)

@@ -1,0 +1,138 @@
+"""Explicit-argument builders and hooks for detectron2 LazyConfig (python) configs of Pix2Seq.
+
+The yaml path builds everything from one ``CfgNode`` (``Pix2SeqTrainer``, ``build_optimizer(cfg, model)``,
+``build_resumable_train_loader(cfg, mapper)``, ...). A LazyConfig (``configs/lazy/*.py``, run by
+``tools/lazyconfig_train_net.py``) describes each object by its constructor's arguments instead, like
+``L(Pix2Seq)(backbone=L(ResNet)(...), encoder=L(TransformerEncoder)(...), ...)``. Most of our classes
+take explicit arguments already; this module holds what the configs need besides them:
+
+* re-exported from their owners, for the configs: :func:`~pix2seq_d2.small_resnet.small_resnet_stages`,
+  :func:`~pix2seq_d2.model.token_decoder`, :func:`~pix2seq_d2.solver.build_adamw`,
+  :func:`~pix2seq_d2.solver.with_gradient_clipping` and :func:`~pix2seq_d2.solver.warmup_fraction`
+  (what the yaml path's ``build_small_resnet_backbone``, ``Pix2Seq.from_config``,
+  ``build_optimizer`` and ``build_lr_scheduler`` call);
+* data: :func:`resumable_train_loader`, the exact-resume train loader of
+  :func:`~pix2seq_d2.resumable_data.build_resumable_train_loader` from explicit arguments;
+* training: :class:`ExactResumeHook` (a resumed run continues the data stream and the per-step RNG
+  seeding where it stopped) and :func:`with_checkpointed_weights` (evaluate the weights that get
+  checkpointed: the EMA when enabled, rank 0's buffers), what ``Pix2SeqTrainer`` does for the yaml path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from torch import nn
+
+from .config import add_pix2seq_config
+from .distributed import broadcast_buffers_from_main
+from .ema import ModelEMA
+from .model import token_decoder
+from .resumable_data import (
+    ResumableTrainLoader,
+    build_resumable_train_loader,
+    iteration_seed,
+    seed_global_rngs,
+    training_seed,
+)
+from .small_resnet import small_resnet_stages
+from .solver import build_adamw, warmup_fraction, with_gradient_clipping
+
+__all__ = [
+    "ExactResumeHook",
+    "build_adamw",
+    "resumable_train_loader",
+    "small_resnet_stages",
+    "token_decoder",
+    "warmup_fraction",
+    "with_checkpointed_weights",
+    "with_gradient_clipping",
+]
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def resumable_train_loader(
+    names: str | Sequence[str],
+    mapper: Callable[[dict], dict | None],
+    *,
+    total_batch_size: int,
+    seed: int = -1,
+    num_workers: int = 0,
+    aspect_ratio_grouping: bool = True,
+    filter_empty: bool = True,
+    sampler: str = "TrainingSampler",
+    repeat_threshold: float = 0.0,
+    repeat_sqrt: bool = True,
+    random_subset_ratio: float = 0.8,
+    num_classes: int | None = None,
+):
+    """The training loader of the registered datasets ``names``: a
+    :class:`~pix2seq_d2.resumable_data.ResumableTrainLoader` (every batch a function of ``(seed,
+    iteration)``, so a resumed run continues the stream exactly), or detectron2's loader for a sampler
+    it does not support. ``total_batch_size`` is over all workers; ``seed`` < 0 draws one (saved in
+    checkpoints); the other arguments are the ``DATALOADER.*`` keys of the same names; ``num_classes``:
+    every annotation's category is checked against it first.
+
+    Runs ``build_resumable_train_loader``, which reads these values from a config node: one is made here.
+    """
+    cfg = get_cfg()  # detectron2's defaults, for the keys the fallback loader reads
+    add_pix2seq_config(cfg)
+    cfg.DATASETS.TRAIN = (names,) if isinstance(names, str) else tuple(names)
+    cfg.SOLVER.IMS_PER_BATCH = total_batch_size
+    cfg.SEED = seed
+    d = cfg.DATALOADER
+    d.NUM_WORKERS = num_workers
+    d.ASPECT_RATIO_GROUPING = aspect_ratio_grouping
+    d.FILTER_EMPTY_ANNOTATIONS = filter_empty
+    d.SAMPLER_TRAIN = sampler
+    d.REPEAT_THRESHOLD = repeat_threshold
+    d.REPEAT_SQRT = repeat_sqrt
+    d.RANDOM_SUBSET_RATIO = random_subset_ratio
+    return build_resumable_train_loader(cfg, mapper, num_classes=num_classes)
+
+
+# ---- training --------------------------------------------------------------------------------------
+class ExactResumeHook(HookBase):
+    """Exact resume for a trainer built from a LazyConfig (``Pix2SeqTrainer.resume_or_load`` and
+    ``run_step`` do the same on the yaml path; see pix2seq_d2/resumable_data.py):
+
+    * before training, a :class:`ResumableTrainLoader` starts its stream at the trainer's start
+      iteration (its seed comes back from the checkpoint, where it is saved as ``"data_loader"``);
+    * before every step, Python's, numpy's and torch's global RNGs (dropout, drop path) are seeded
+      from ``(seed, rank, iteration)``, so a resumed run draws what the uninterrupted run drew.
+
+    ``seed``: the run's seed (``train.seed``) for a loader that is not resumable; < 0: one per process.
+    Register it last, so that no hook draws from the global RNGs between its seeding and the step.
+    """
+
+    def __init__(self, data_loader, seed: int = -1):
+        self.data_loader = data_loader
+        self.seed = seed
+
+    def before_train(self) -> None:
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            self.data_loader.start_at(self.trainer.start_iter)
+            self.trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator: restart it there
+
+    def before_step(self) -> None:
+        seed = training_seed(self.data_loader, CfgNode({"SEED": self.seed}))
+        seed_global_rngs(iteration_seed(seed, comm.get_rank(), self.trainer.iter))
+
+
+def with_checkpointed_weights(
+    evaluate: Callable[[], dict], model: nn.Module, ema: ModelEMA | None = None
+) -> Callable[[], dict]:
+    """``evaluate`` run with the weights that get checkpointed: the EMA's when given, and on every worker
+    rank 0's buffers (per-worker BatchNorm statistics would make each worker evaluate its shard with a
+    slightly different model). The model's own weights come back afterwards."""
+
+    def evaluate_checkpointed_weights() -> dict:
+        with ema.swapped_into(model) if ema is not None else contextlib.nullcontext():
+            broadcast_buffers_from_main(model)
+            return evaluate()
+
+    return evaluate_checkpointed_weights

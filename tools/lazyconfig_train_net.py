@@ -35,11 +35,9 @@ from detectron2.engine import (
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -51,7 +49,7 @@ from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config_checks import ConfigError
 from pix2seq_d2.distributed import ReplicaAgreementHook, leave_process_group
 from pix2seq_d2.ema import EMAHook, ModelEMA, use_ema_weights
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.errors import launch_command, parse_train_args
 from pix2seq_d2.lazy import ExactResumeHook, with_checkpointed_weights
 from pix2seq_d2.mixed_precision import MixedPrecisionTrainer, amp_dtype
 from pix2seq_d2.resumable_data import ResumableTrainLoader
@@ -251,35 +249,10 @@ def worker_main(args):
 
 
 def parse_args(argv: list[str] | None = None):
-    """detectron2's arguments (overrides as ``key=value``); ``--config-file`` is required."""
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--resume-newest-intact",
-        action="store_true",
-        help="like --resume; if the checkpoint named in train.output_dir/last_checkpoint is missing or corrupt, "
-        "resume from the newest intact model_*.pth there (logged; nothing is deleted)",
+    return parse_train_args(
+        argv, "train.output_dir", "configs/lazy/pix2seq_shapes.py (CPU) or configs/lazy/pix2seq_R50.py"
     )
-    args = parser.parse_args(argv)
-    if not args.config_file:
-        parser.error(
-            "--config-file is required: e.g. configs/lazy/pix2seq_shapes.py (CPU) or configs/lazy/pix2seq_R50.py"
-        )
-    return args
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    print("Command Line Args:", args)
-    # a problem with the user's files or settings: one "error:" line naming it, exit status 1, no traceback
-    sys.exit(
-        run_command(
-            lambda: launch(
-                worker_main,
-                args.num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                args=(args,),
-            )
-        )
-    )
+    sys.exit(launch_command(worker_main, parse_args()))

@@ -14,7 +14,7 @@ import os
 import sys
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -26,7 +26,7 @@ from pix2seq_d2.config import load_config
 from pix2seq_d2.config_checks import resolve_auto_settings
 from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.ema import use_ema_weights
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.errors import launch_command, parse_train_args
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
@@ -79,36 +79,10 @@ def worker_main(args):
 
 
 def parse_args(argv: list[str] | None = None):
-    """detectron2's arguments; a missing ``--config-file`` is a usage error (detectron2's defaults
-    would otherwise build a GPU Mask R-CNN and fail on the missing driver)."""
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--resume-newest-intact",
-        action="store_true",
-        help="like --resume; if the checkpoint named in OUTPUT_DIR/last_checkpoint is missing or corrupt, resume "
-        "from the newest intact model_*.pth there (logged; nothing is deleted)",
+    return parse_train_args(
+        argv, "OUTPUT_DIR", "configs/quickstart/pix2seq_shapes.yaml (CPU) or configs/pix2seq_R50.yaml"
     )
-    args = parser.parse_args(argv)
-    if not args.config_file:
-        parser.error(
-            "--config-file is required: e.g. configs/quickstart/pix2seq_shapes.yaml (CPU) or configs/pix2seq_R50.yaml"
-        )
-    return args
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    print("Command Line Args:", args)
-    # a problem with the user's files or settings: one "error:" line naming it, exit status 1, no traceback
-    sys.exit(
-        run_command(
-            lambda: launch(
-                worker_main,
-                args.num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                args=(args,),
-            )
-        )
-    )
+    sys.exit(launch_command(worker_main, parse_args()))

@@ -8,14 +8,12 @@ training sequences keep at most ``model.decoder.max_objects`` objects.
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.evaluation import DatasetEvaluators
 from omegaconf import OmegaConf
 
 from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.lazy import resumable_train_loader
-from pix2seq_d2.sequence_likelihood import SequenceLikelihoodEvaluator
+
+from .evaluation import evaluators, test_loader
 
 dataloader = OmegaConf.create()
 
@@ -46,32 +44,6 @@ dataloader.train = L(resumable_train_loader)(
 )
 
 # ---- evaluation ----
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="shapes_val", filter_empty=False),
-    mapper=L(Pix2SeqDatasetMapper)(
-        is_train=False,
-        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=96, max_size=96, sample_style="choice")],
-        image_format="${...train.mapper.image_format}",
-        tokenizer="${model.tokenizer}",
-        max_objects="${model.decoder.max_objects}",
-        # The annotations are tokenized too, for the likelihood evaluator (TEST.SEQ_LIKELIHOOD); set
-        # False and drop SequenceLikelihoodEvaluator below to evaluate COCO AP alone.
-        use_annotations=True,
-    ),
-    num_workers=0,
-)
-
-dataloader.evaluator = L(DatasetEvaluators)(
-    evaluators=[
-        # COCO AP and AR, written with the predictions under OUTPUT_DIR/inference/<dataset>.
-        L(COCOEvaluatorWithRecall)(
-            dataset_name="${dataloader.test.dataset.names}",
-            tasks=("bbox",),
-            output_dir="${train.output_dir}/inference/${dataloader.test.dataset.names}",
-            max_dets_per_image=100,  # at least the objects decoded per image
-            backend="auto",  # TEST.COCO_EVAL_BACKEND: faster-coco-eval when installed, else pycocotools
-        ),
-        # NLL / perplexity of the ground-truth sequences by token kind, and class accuracy.
-        L(SequenceLikelihoodEvaluator)(tokenizer="${model.tokenizer}"),
-    ]
-)
+# INPUT.MIN/MAX_SIZE_TEST = 96; COCO AP/AR and the likelihood evaluator (see evaluation.py)
+dataloader.test = test_loader(names="shapes_val", image_size=96, num_workers=0)
+dataloader.evaluator = evaluators()

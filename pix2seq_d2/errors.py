@@ -5,6 +5,7 @@ the training scripts' shared arguments and checked ``launch``."""
 from __future__ import annotations
 
 import argparse
+import functools
 import pickle
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from .checkpoint_resume import ResumeCheckpointError
 from .coco_datasets import CocoJsonError
 from .config_checks import ConfigError
 from .conversion import ConversionError, TFCheckpointError
+from .distributed import leave_process_group
 from .input_checks import BadInputError
 
 # pickle.UnpicklingError covers a checkpoint refused by the weights-only loader (UntrustedCheckpointError).
@@ -60,13 +62,22 @@ def parse_train_args(argv: list[str] | None, output_dir_key: str, example_config
     return args
 
 
-def launch_command(worker_main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
-    """detectron2's ``launch`` of ``worker_main(args)`` on ``args.num_gpus`` workers per machine, under
-    :func:`run_command`: a user error is one ``error:`` line and exit status 1."""
+def _run_worker(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> object:
+    """One launched worker: ``main(args)``, then a clean exit from the process group (see
+    :func:`~pix2seq_d2.distributed.leave_process_group`)."""
+    results = main(args)
+    leave_process_group()
+    return results
+
+
+def launch_command(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """detectron2's ``launch`` of ``main(args)`` on ``args.num_gpus`` workers per machine (each leaves
+    the process group cleanly after a completed run), under :func:`run_command`: a user error is one
+    ``error:`` line and exit status 1."""
     print("Command Line Args:", args)
     return run_command(
         lambda: launch(
-            worker_main,
+            functools.partial(_run_worker, main),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,

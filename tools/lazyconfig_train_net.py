@@ -47,7 +47,7 @@ from torch import nn
 
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config_checks import ConfigError
-from pix2seq_d2.distributed import ReplicaAgreementHook, leave_process_group
+from pix2seq_d2.distributed import ReplicaAgreementHook
 from pix2seq_d2.ema import EMAHook, ModelEMA, use_ema_weights
 from pix2seq_d2.errors import launch_command, parse_train_args
 from pix2seq_d2.lazy import ExactResumeHook, with_checkpointed_weights
@@ -241,13 +241,6 @@ def main(args):
     return do_train(args, cfg)
 
 
-def worker_main(args):
-    """One launched worker: ``main``, then a clean exit from the process group (see leave_process_group)."""
-    results = main(args)
-    leave_process_group()
-    return results
-
-
 def parse_args(argv: list[str] | None = None):
     return parse_train_args(
         argv, "train.output_dir", "configs/lazy/pix2seq_shapes.py (CPU) or configs/lazy/pix2seq_R50.py"
@@ -255,4 +248,4 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    sys.exit(launch_command(worker_main, parse_args()))
+    sys.exit(launch_command(main, parse_args()))

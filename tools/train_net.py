@@ -24,7 +24,6 @@ from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.coco_datasets import register_coco_datasets
 from pix2seq_d2.config import load_config
 from pix2seq_d2.config_checks import resolve_auto_settings
-from pix2seq_d2.distributed import leave_process_group
 from pix2seq_d2.ema import use_ema_weights
 from pix2seq_d2.errors import launch_command, parse_train_args
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
@@ -71,13 +70,6 @@ def main(args):
     return trainer.train()
 
 
-def worker_main(args):
-    """One launched worker: ``main``, then a clean exit from the process group (see leave_process_group)."""
-    results = main(args)
-    leave_process_group()
-    return results
-
-
 def parse_args(argv: list[str] | None = None):
     return parse_train_args(
         argv, "OUTPUT_DIR", "configs/quickstart/pix2seq_shapes.yaml (CPU) or configs/pix2seq_R50.yaml"
@@ -85,4 +77,4 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    sys.exit(launch_command(worker_main, parse_args()))
+    sys.exit(launch_command(main, parse_args()))

@@ -243,7 +243,7 @@ def add_pix2seq_config(cfg: CN) -> None:
 
 def load_config(config_file: str | None, opts: list | tuple = ()) -> CN:
     """detectron2's defaults + :func:`add_pix2seq_config`, then ``config_file`` and ``opts``
-    (``KEY VALUE ...``); an unknown key is a ``ValueError`` naming it and its file. Not frozen."""
+    (``KEY VALUE ...``); an unknown key is a ``ConfigKeyError`` naming it and its file. Not frozen."""
     from detectron2.config import get_cfg
 
     from .input_checks import merge_config_checked

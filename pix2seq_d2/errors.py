@@ -18,13 +18,14 @@ from .coco_datasets import CocoJsonError
 from .config_checks import ConfigError
 from .conversion import ConversionError, TFCheckpointError
 from .distributed import leave_process_group
-from .input_checks import BadInputError
+from .input_checks import BadInputError, ConfigKeyError
 
 # pickle.UnpicklingError covers a checkpoint refused by the weights-only loader (UntrustedCheckpointError).
 USER_ERRORS = (
     BadInputError,
     CocoJsonError,
     ConfigError,
+    ConfigKeyError,
     ConversionError,
     FileNotFoundError,
     NotACheckpointError,

@@ -56,6 +56,7 @@ __all__ = [
     "check_category_ids",
     "explain_dataset_error",
     "check_finite_loss",
+    "ConfigKeyError",
     "merge_config_checked",
 ]
 
@@ -527,8 +528,12 @@ def _unknown_key_message(cfg: CfgNode, error: Exception, where: str) -> str | No
     return f"Unknown config key {key} {where}.{hint} (Pix2Seq's keys are defined in pix2seq_d2/config.py.)"
 
 
+class ConfigKeyError(ValueError):
+    """A config file or command line sets a key that does not exist, or gives it a value of the wrong type."""
+
+
 def merge_config_checked(cfg: CfgNode, config_file: str | None, opts: list | None = None) -> CfgNode:
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``, with a ``ValueError``
+    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``, with a ``ConfigKeyError``
     naming the key and the file (or the command line) when a key does not exist or has the wrong type."""
     if config_file:
         try:
@@ -540,7 +545,7 @@ def merge_config_checked(cfg: CfgNode, config_file: str | None, opts: list | Non
             message = _unknown_key_message(cfg, e, where if found else f"in {config_file} or its _BASE_ files")
             if message is None:
                 raise
-            raise ValueError(message) from e
+            raise ConfigKeyError(message) from e
     if opts:
         try:
             cfg.merge_from_list(list(opts))
@@ -548,5 +553,5 @@ def merge_config_checked(cfg: CfgNode, config_file: str | None, opts: list | Non
             message = _unknown_key_message(cfg, e, "given on the command line")
             if message is None:
                 raise
-            raise ValueError(message) from e
+            raise ConfigKeyError(message) from e
     return cfg

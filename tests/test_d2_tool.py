@@ -12,6 +12,7 @@ imports. Pinned too: every name d2_tool patches exists in detectron2 and is what
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -50,10 +51,28 @@ SMALL = [
 ]  # fmt: skip
 
 
+def _installed_from_pypi() -> bool:
+    """detectron2 came from the PyPI build (`make install`), which ships the scripts to D2_TOOLS."""
+    try:
+        importlib.metadata.version("sal-detectron2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_scripts(names) -> None:
+    """Skip when detectron2 came from elsewhere (a source build: set D2_TOOLS to its tools/) or for
+    deploy/export_model.py, which the PyPI build does not ship; with the PyPI build `make install`
+    must have put the other scripts there, so a missing one is a failure."""
+    if _installed_from_pypi() and not all(name.startswith("deploy/") for name in names):
+        pytest.fail(f"detectron2's {list(names)} missing from {D2_TOOLS}: `make install` moves them there")
+    pytest.skip(f"detectron2's {list(names)} not found at {D2_TOOLS} (set D2_TOOLS to a checkout's tools/)")
+
+
 def d2_script(name: str) -> str:
     path = os.path.join(D2_TOOLS, name)
     if not os.path.isfile(path):
-        pytest.skip(f"detectron2's {name} is not installed at {D2_TOOLS} (set D2_TOOLS)")
+        missing_scripts([name])
     return path
 
 
@@ -88,7 +107,7 @@ def test_each_patched_name_is_what_the_scripts_import_from_that_module(patch):
     script bypass the replacement silently: fail here instead."""
     scripts = [s for s in patch.scripts if os.path.isfile(os.path.join(D2_TOOLS, s))]
     if not scripts:
-        pytest.skip(f"none of {patch.scripts} is installed at {D2_TOOLS}")
+        missing_scripts(patch.scripts)
     for script in scripts:
         names = imported_names(os.path.join(D2_TOOLS, script))
         assert names.get(patch.name) == patch.module, (

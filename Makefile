@@ -16,11 +16,12 @@ D2_TOOLS ?= $(VENV)/share/detectron2/tools
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -c "import detectron2" 2>/dev/null || $(MAKE) --no-print-directory install-detectron2-pypi
+	test -d $(D2_TOOLS) || ! $(PY) -m pip show -q sal-detectron2 2>/dev/null || $(MAKE) --no-print-directory install-detectron2-tools
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -c "import detectron2, pix2seq_d2; print('detectron2', detectron2.__version__, 'from', detectron2.__file__)"
 	touch $@
@@ -29,12 +30,21 @@ $(STAMP): setup.py
 # (built for Python 3.10 / torch 2.3; nothing here may use it) and moves the top-level
 # `tools` package the wheel ships (detectron2's own tool scripts, which would shadow this
 # repository's tools/ folder) to $(D2_TOOLS), where tools/d2_tool.py runs them.
+# A venv made before the scripts were kept: fetch the same wheel again for its scripts only.
+.PHONY: install-detectron2-tools
+install-detectron2-tools:
+	tmp=$$(mktemp -d) && \
+	$(PY) -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
+		--implementation cp --target "$$tmp" $(D2_PYPI_SPEC) && \
+	mkdir -p "$$(dirname $(D2_TOOLS))" && mv "$$tmp/tools" "$(D2_TOOLS)" && rm -rf "$$tmp"
+
 .PHONY: install-detectron2-pypi
 install-detectron2-pypi:
 	purelib=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
 	$(PY) -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
 		--implementation cp --target "$$purelib" --upgrade $(D2_PYPI_SPEC) && \
-	rm -rf "$$purelib/tools" "$$purelib"/detectron2/_C.*.so
+	rm -rf "$$purelib"/detectron2/_C.*.so "$(D2_TOOLS)" && mkdir -p "$$(dirname $(D2_TOOLS))" && \
+	mv "$$purelib/tools" "$(D2_TOOLS)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

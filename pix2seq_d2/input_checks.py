@@ -57,6 +57,7 @@ __all__ = [
     "explain_dataset_error",
     "check_finite_loss",
     "ConfigKeyError",
+    "current_training_iteration",
     "merge_config_checked",
 ]
 
@@ -461,10 +462,11 @@ def explain_dataset_error(dataset_names: Iterable[str], error: Exception) -> str
     return "; ".join(found) or None
 
 
-def _current_iteration() -> int | None:
+def current_training_iteration() -> int | None:
+    """The iteration of the running detectron2 trainer (its open ``EventStorage``), None outside one."""
     try:
         return get_event_storage().iter
-    except (AssertionError, IndexError):  # not inside a training loop
+    except (AssertionError, IndexError):  # detectron2 asserts that an EventStorage is open; none is
         return None
 
 
@@ -475,7 +477,7 @@ def check_finite_loss(loss: torch.Tensor, batched_inputs: list[dict]) -> None:
     files = [x.get("file_name", "?") for x in batched_inputs]
     shown = ", ".join(dict.fromkeys(files))  # a multi-view batch repeats its files
     raise FloatingPointError(
-        f"Non-finite training loss {loss.detach().float().cpu().tolist()} at iteration {_current_iteration()}; "
+        f"Non-finite training loss {loss.detach().float().cpu().tolist()} at iteration {current_training_iteration()}; "
         f"batch files: {shown}. Lower SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, or check these images' "
         "annotations."
     )

@@ -23,8 +23,8 @@ from torch import nn
 
 from .dataset_mapper import expand_views
 from .decoding import DecodedSequences, DecodingOptions, decode
-from .input_checks import check_finite_loss
-from .resumable_data import current_training_iteration, sequence_seed, training_seed
+from .input_checks import check_finite_loss, current_training_iteration
+from .resumable_data import sequence_seed, training_seed
 from .tokenizer import Pix2SeqTokenizer, TokenizedObjects
 from .training_sequences import ObjectBatch, SequenceDraws, TrainingSequenceBuilder
 from .transformer import (

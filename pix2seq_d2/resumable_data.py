@@ -45,7 +45,6 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from .input_checks import BadInputError, check_category_ids, explain_dataset_error
@@ -54,7 +53,6 @@ __all__ = [
     "ResumableTrainLoader",
     "build_resumable_train_loader",
     "index_batches",
-    "current_training_iteration",
     "iteration_seed",
     "load_train_dataset_dicts",
     "sample_seed",
@@ -88,14 +86,6 @@ def sequence_seed(seed: int, rank: int, iteration: int, call: int) -> int:
     """Seed of the training sequences the model makes itself at step ``iteration`` on worker
     ``rank`` (``call``: the how-many-th forward of that step, e.g. with gradient accumulation)."""
     return _mix(seed, 3, rank, iteration, call)
-
-
-def current_training_iteration() -> int | None:
-    """The iteration of the running detectron2 trainer (its open ``EventStorage``), None outside one."""
-    try:
-        return get_event_storage().iter
-    except AssertionError:  # detectron2 asserts that an EventStorage is open; none is
-        return None
 
 
 _PROCESS_SEED: list[int] = []

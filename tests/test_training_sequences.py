@@ -12,7 +12,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
-from pix2seq_d2.resumable_data import current_training_iteration, sequence_seed
+from pix2seq_d2.input_checks import current_training_iteration
+from pix2seq_d2.resumable_data import sequence_seed
 from pix2seq_d2.tokenizer import Pix2SeqTokenizer
 from pix2seq_d2.training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
 

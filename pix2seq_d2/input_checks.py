@@ -492,41 +492,50 @@ def _config_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
     return keys
 
 
-def _yaml_has_key(data: dict, key: str) -> bool:
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return False
-        data = data[part]
-    return True
+def _config_file_chain(config_file: str) -> list[tuple[str, dict]]:
+    """``config_file`` and its ``_BASE_`` files (top first) with their yaml mappings; the chain ends
+    at a file that cannot be read (``merge_from_file`` then reports it)."""
+    chain: list[tuple[str, dict]] = []
+    path: str | None = config_file
+    while path and len(chain) <= 20:
+        try:
+            with PathManager.open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            break
+        if not isinstance(data, dict):
+            break
+        chain.append((path, data))
+        base = data.get("_BASE_")
+        if not isinstance(base, str) or not base:
+            break
+        base = os.path.expanduser(base)
+        path = base if os.path.isabs(base) or "://" in base else os.path.join(os.path.dirname(path), base)
+    return chain
 
 
-def _file_with_key(config_file: str, key: str, depth: int = 0) -> str | None:
-    """The file of ``config_file``'s ``_BASE_`` chain that sets ``key`` (the first one found)."""
-    try:
-        with PathManager.open(config_file) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    if _yaml_has_key(data, key):
-        return config_file
-    base = data.get("_BASE_") if isinstance(data, dict) else None
-    if not base or depth > 20:
-        return None
-    base = os.path.expanduser(base)
-    if not os.path.isabs(base) and "://" not in base:
-        base = os.path.join(os.path.dirname(config_file), base)
-    return _file_with_key(base, key, depth + 1)
+def _unknown_key(root: CfgNode, node: CfgNode, data: dict, prefix: str = "") -> str | None:
+    """The first key of the yaml mapping ``data`` (merged into ``node`` of ``root``) that the config
+    does not have; deprecated keys and nodes that take new keys are not unknown, and renamed keys are
+    left to yacs (whose error names the new key)."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if (not prefix and key == "_BASE_") or root.key_is_deprecated(full) or root.key_is_renamed(full):
+            continue
+        if key not in node:
+            if node.is_new_allowed():
+                continue
+            return full
+        if isinstance(value, dict) and isinstance(node[key], CfgNode):
+            found = _unknown_key(root, node[key], value, full + ".")
+            if found:
+                return found
+    return None
 
 
-def _unknown_key_message(cfg: CfgNode, error: Exception, where: str) -> str | None:
-    match = re.search(r"(?:Non-existent (?:config )?key|config key):? ([\w.]+)", str(error))
-    if match is None:
-        return None
-    key = match.group(1)
+def _unknown_key_message(cfg: CfgNode, key: str, where: str) -> str:
     close = difflib.get_close_matches(key, _config_keys(cfg), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    if "Type mismatch" in str(error):
-        return f"Config key {key} {where} has a value of the wrong type: {error}"
     return f"Unknown config key {key} {where}.{hint} (Pix2Seq's keys are defined in pix2seq_d2/config.py.)"
 
 
@@ -535,25 +544,36 @@ class ConfigKeyError(ValueError):
 
 
 def merge_config_checked(cfg: CfgNode, config_file: str | None, opts: list | None = None) -> CfgNode:
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``, with a ``ConfigKeyError``
-    naming the key and the file (or the command line) when a key does not exist or has the wrong type."""
+    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``. A key that does not
+    exist is a ``ConfigKeyError`` naming it, its file (or the command line) and the closest keys,
+    found by reading the files' keys before merging; whatever else the merge refuses (a value of
+    the wrong type, a renamed key) is a ``ConfigKeyError`` with yacs's message and the file."""
     if config_file:
+        for path, data in reversed(_config_file_chain(config_file)):  # _BASE_ files merge first
+            if data.get("VERSION", cfg.VERSION) != cfg.VERSION:
+                break  # an old-format config: detectron2 upgrades its keys while merging
+            key = _unknown_key(cfg, cfg, data)
+            if key:
+                where = f"in {path}" if path == config_file else f"in {path} (a _BASE_ of {config_file})"
+                raise ConfigKeyError(_unknown_key_message(cfg, key, where))
         try:
             cfg.merge_from_file(config_file)
         except (KeyError, AssertionError, ValueError) as e:
-            key = re.search(r"key:? ([\w.]+)", str(e))
-            found = _file_with_key(config_file, key.group(1)) if key else None
-            where = f"in {found}" if found in (None, config_file) else f"in {found} (a _BASE_ of {config_file})"
-            message = _unknown_key_message(cfg, e, where if found else f"in {config_file} or its _BASE_ files")
-            if message is None:
-                raise
-            raise ConfigKeyError(message) from e
+            raise ConfigKeyError(f"{config_file}: {e}") from e
     if opts:
+        opts = list(opts)
+        for key in opts[0::2]:
+            data: dict = {}
+            node = data
+            *parents, last = str(key).split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = None
+            unknown = _unknown_key(cfg, cfg, data)
+            if unknown:
+                raise ConfigKeyError(_unknown_key_message(cfg, unknown, "given on the command line"))
         try:
-            cfg.merge_from_list(list(opts))
+            cfg.merge_from_list(opts)
         except (KeyError, AssertionError, ValueError) as e:
-            message = _unknown_key_message(cfg, e, "given on the command line")
-            if message is None:
-                raise
-            raise ConfigKeyError(message) from e
+            raise ConfigKeyError(f"command-line setting: {e}") from e
     return cfg

@@ -263,6 +263,17 @@ def test_an_unknown_config_key_names_the_key_the_file_and_close_keys(tmp_path):
     assert merge_config_checked(_cfg(), QUICKSTART_CONFIG, ["SOLVER.MAX_ITER", "3"]).SOLVER.MAX_ITER == 3
 
 
+def test_a_value_of_the_wrong_type_names_the_file_or_the_command_line(tmp_path):
+    from pix2seq_d2.input_checks import ConfigKeyError
+
+    config = tmp_path / "typed.yaml"
+    config.write_text(f"_BASE_: {QUICKSTART_CONFIG}\nSOLVER:\n  MAX_ITER: many\n")
+    with pytest.raises(ConfigKeyError, match=rf"{re.escape(str(config))}: .*SOLVER\.MAX_ITER"):
+        merge_config_checked(_cfg(), str(config))
+    with pytest.raises(ConfigKeyError, match=r"command-line setting: .*SOLVER\.MAX_ITER"):
+        merge_config_checked(_cfg(), QUICKSTART_CONFIG, ["SOLVER.MAX_ITER", "many"])
+
+
 def test_train_net_reports_an_unknown_config_key_with_its_file(tmp_path):
     config = tmp_path / "typo.yaml"
     config.write_text(f"_BASE_: {QUICKSTART_CONFIG}\nSOLVER:\n  MAX_ITRE: 3\n")

@@ -11,42 +11,27 @@ from detectron2.config import LazyCall as L
 from omegaconf import OmegaConf
 
 from pix2seq_d2.augmentation import ColorJitter, RandomFixedSizeCrop
-from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.lazy import resumable_train_loader
 
 from .evaluation import evaluators, test_loader
+from .training import train_loader
 
 image_size = 640  # INPUT.LSJ.IMAGE_SIZE
 
 dataloader = OmegaConf.create()
 
 # ---- training: resumable (exact resume: data order and augmentation continue where a run stopped) ----
-dataloader.train = L(resumable_train_loader)(
+# INPUT.LSJ: flip, fit into a square of image_size * U(0.3, 2.0), crop a window of at most
+# image_size x image_size (no pixel padding: the model pads and masks); then INPUT.COLOR_JITTER.
+dataloader.train = train_loader(
     names="coco_2017_train",
-    mapper=L(Pix2SeqDatasetMapper)(
-        is_train=True,
-        # INPUT.LSJ: flip, fit into a square of image_size * U(0.3, 2.0), crop a window of at most
-        # image_size x image_size (no pixel padding: the model pads and masks); then INPUT.COLOR_JITTER.
-        augmentations=[
-            L(T.RandomFlip)(horizontal=True, vertical=False),
-            L(T.ResizeScale)(min_scale=0.3, max_scale=2.0, target_height=image_size, target_width=image_size),
-            L(RandomFixedSizeCrop)(crop_size=(image_size, image_size)),
-            L(ColorJitter)(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, image_format="${...image_format}"),
-        ],
-        image_format="BGR",
-        tokenizer="${model.tokenizer}",
-        max_objects="${model.decoder.max_objects}",
-        object_order="random",  # a new random object order every time an image is loaded
-        sequence_augmentation=None,
-        num_views=1,
-    ),
-    total_batch_size=16,  # over all workers (SOLVER.IMS_PER_BATCH)
-    seed="${train.seed}",
+    augmentations=[
+        L(T.RandomFlip)(horizontal=True, vertical=False),
+        L(T.ResizeScale)(min_scale=0.3, max_scale=2.0, target_height=image_size, target_width=image_size),
+        L(RandomFixedSizeCrop)(crop_size=(image_size, image_size)),
+        L(ColorJitter)(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, image_format="${...image_format}"),
+    ],
+    total_batch_size=16,
     num_workers=4,
-    aspect_ratio_grouping=True,
-    filter_empty=True,
-    sampler="TrainingSampler",
-    num_classes="${model.tokenizer.num_classes}",  # annotations are checked against it first
 )
 
 # ---- evaluation ----

@@ -1,0 +1,34 @@
+"""The training half of a Pix2Seq LazyConfig's ``dataloader``: the resumable train loader (exact
+resume: data order and augmentation continue where a run stopped) with the Pix2Seq training mapper,
+as ``Pix2SeqTrainer.build_train_loader`` builds it from a yaml config. The mapper takes the model's
+tokenizer (``${model.tokenizer}``) and keeps at most ``model.decoder.max_objects`` objects."""
+
+from detectron2.config import LazyCall as L
+
+from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.lazy import resumable_train_loader
+
+
+def train_loader(names: str, augmentations: list, total_batch_size: int, num_workers: int):
+    """``dataloader.train``: dataset ``names`` through ``augmentations``, ``total_batch_size`` images per
+    step over all workers (SOLVER.IMS_PER_BATCH), ``num_workers`` loader processes per worker."""
+    return L(resumable_train_loader)(
+        names=names,
+        mapper=L(Pix2SeqDatasetMapper)(
+            is_train=True,
+            augmentations=augmentations,
+            image_format="BGR",
+            tokenizer="${model.tokenizer}",
+            max_objects="${model.decoder.max_objects}",
+            object_order="random",  # a new random object order every time an image is loaded
+            sequence_augmentation=None,
+            num_views=1,
+        ),
+        total_batch_size=total_batch_size,
+        seed="${train.seed}",
+        num_workers=num_workers,
+        aspect_ratio_grouping=True,
+        filter_empty=True,
+        sampler="TrainingSampler",
+        num_classes="${model.tokenizer.num_classes}",  # annotations are checked against it first
+    )

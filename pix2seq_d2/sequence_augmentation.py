@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tokenizer import Pix2SeqTokenizer, TokenizedObjects
+from .tokenizer import Pix2SeqTokenizer, TokenizedObjects, box_scale
 
 CLASS_CORRUPTIONS = ("none", "rand_cls", "real_n_fake_cls", "rand_n_fake_cls", "real_n_rand_n_fake_cls")
 NOISE_BOX_KINDS = ("random", "jitter", "duplicate")
@@ -102,9 +102,8 @@ class SequenceAugmentation:
         image, at least 1 px wide and high. ``real_boxes [B, K, 4]`` of which the first ``num_real [B]``
         are each image's real objects; ``image_hw [B, 2]``."""
         u, normal = draws.uniform, draws.normal
-        hw = image_hw.to(u)  # [B, 2] (h, w)
-        h, w = hw[:, 0, None], hw[:, 1, None]  # [B, 1]
-        scale = torch.stack([w, h, w, h], dim=-1)  # [B, 1, 4]
+        scale = box_scale(image_hw).to(u)  # [B, 1, 4] w h w h
+        w, h = scale[..., 0], scale[..., 1]  # [B, 1]
         num_real = num_real.to(u.device)[:, None]  # [B, 1]
         kinds = _pick(u[..., KIND], len(NOISE_BOX_KINDS)).masked_fill(num_real == 0, 0)  # [B, M]
         # random: centre uniform in the image, sides 5%..50% of the image

@@ -50,6 +50,14 @@ SCORE_MODES = ("class", "class_x_coords")
 CLASS_SLOT = 4
 COORD_ORDERS = {"yxyx": (1, 0, 3, 2), "xyxy": (0, 1, 2, 3)}  # slot -> index into (x0, y0, x1, y1)
 
+
+def box_scale(image_hw: torch.Tensor) -> torch.Tensor:
+    """Image sizes ``[B, 2]`` (h, w) -> ``[B, 1, 4]`` float (w, h, w, h): what x0 y0 x1 y1 pixel boxes
+    ``[B, n, 4]`` are divided by to become fractions of their image (or clamped by to stay inside it)."""
+    hw = image_hw.float()
+    return torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
+
+
 VOCABULARY_LAYOUT_REGISTRY = Registry("PIX2SEQ_VOCABULARY_LAYOUT")
 VOCABULARY_LAYOUT_REGISTRY.__doc__ = """Vocabulary layouts, called as
 ``layout(num_classes, num_bins, category_ids) -> VocabularyLayout``."""
@@ -288,14 +296,11 @@ class Pix2SeqTokenizer:
 
     # ---- encoding ------------------------------------------------------------------------
     def _coordinate_scale(self, image_hw: tuple[int, int] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """The (w, h, w, h) pixels that normalise a box: ``[4]`` for one image size, ``[B, 1, 4]``
-        for a tensor of sizes ``[B, 2]``."""
-        if self.coord_normalizer:
-            return like.new_full((4,), float(self.coord_normalizer))
-        if isinstance(image_hw, torch.Tensor):
-            hw = image_hw.to(like)  # [B, 2] (h, w)
-            return torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
-        h, w = image_hw
+        """The (w, h, w, h) pixels that normalise a box: ``[4]`` for one image size (or a fixed
+        ``coord_normalizer``), ``[B, 1, 4]`` for a tensor of sizes ``[B, 2]``."""
+        if isinstance(image_hw, torch.Tensor) and not self.coord_normalizer:
+            return box_scale(image_hw).to(like)
+        h, w = self.normalizer_hw(image_hw)
         return like.new_tensor([w, h, w, h])
 
     def object_tokens(
@@ -426,11 +431,7 @@ class Pix2SeqTokenizer:
         bins = (coords - self.layout.coord_base).clamp(0, self.num_bins - 1)
         values = self.dequantize(bins)  # [N, K, 4] in slot order
         xyxy = values[..., list(self.slot_axes)]  # slot_axes is its own inverse for both orders
-        sizes = image_sizes.to(values).reshape(n, 1, 2)
-        if self.coord_normalizer:
-            sizes = torch.full_like(sizes, float(self.coord_normalizer))
-        scale = torch.stack([sizes[..., 1], sizes[..., 0], sizes[..., 1], sizes[..., 0]], -1)  # [N, 1, 4] w h w h
-        xyxy = xyxy * scale
+        xyxy = xyxy * self._coordinate_scale(image_sizes.reshape(n, 2), values)  # pixels
         x0, y0, x1, y1 = xyxy.unbind(-1)
         corners = [torch.minimum(x0, x1), torch.minimum(y0, y1), torch.maximum(x0, x1), torch.maximum(y0, y1)]
         boxes = torch.stack(corners, -1)

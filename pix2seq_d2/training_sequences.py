@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.structures import Instances
 
 from .sequence_augmentation import NoiseDraws, SequenceAugmentation
-from .tokenizer import Pix2SeqTokenizer, TokenizedObjects
+from .tokenizer import Pix2SeqTokenizer, TokenizedObjects, box_scale
 
 __all__ = ["OBJECT_ORDERS", "ObjectBatch", "SequenceDraws", "TrainingSequences", "TrainingSequenceBuilder"]
 
@@ -91,9 +91,7 @@ class ObjectBatch:
         if (valid & ~finite).any():
             rows = (valid & ~finite).any(1).nonzero()[:, 0].tolist()
             logger.warning(f"non-finite boxes left out of the training sequences of {[names[i] for i in rows]}")
-        h, w = image_hw[:, None, 0].float(), image_hw[:, None, 1].float()  # [B, 1]
-        limit = torch.stack([w, h, w, h], -1)  # [B, 1, 4]
-        boxes = torch.minimum(boxes.nan_to_num(0.0).clamp(min=0), limit)
+        boxes = torch.minimum(boxes.nan_to_num(0.0).clamp(min=0), box_scale(image_hw).to(boxes))  # clipped
         nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         return cls(boxes, classes, valid & finite & nonempty, image_hw)
 

@@ -133,19 +133,12 @@ class ExportableDecoderStep(nn.Module):
         for i, layer in enumerate(dec.layers):
 
             def self_attention(h: torch.Tensor, i: int = i, layer: nn.Module = layer) -> torch.Tensor:
-                attn = layer.self_attn
-                q, k, v = (attn.split_heads(proj(h)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+                q, k, v = layer.self_attention_qkv(h)
                 new_k.append(torch.where(write, k, self_k[i]))  # [B, H, T_max, Dh]
                 new_v.append(torch.where(write, v, self_v[i]))
-                return attn.attend(q, new_k[-1], new_v[-1], attn_mask=visible)
+                return layer.self_attn.attend(q, new_k[-1], new_v[-1], attn_mask=visible)
 
-            def cross_attention(h: torch.Tensor, i: int = i, layer: nn.Module = layer) -> torch.Tensor:
-                q = layer.multihead_attn.split_heads(layer.multihead_attn.q_proj(h))
-                return layer.multihead_attn.attend(q, cross_k[i], cross_v[i], attn_mask=memory_mask)
-
-            x = layer._residual(x, layer.norm1, self_attention)
-            x = layer._residual(x, layer.norm2, cross_attention)
-            x = layer._residual(x, layer.norm3, layer.ffn)
+            x = layer.with_self_attention(x, self_attention, cross_k[i], cross_v[i], memory_mask)
         return dec._logits(x)[:, 0], torch.stack(new_k), torch.stack(new_v)
 
 

@@ -17,6 +17,7 @@ The decoder supports two ways of running:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -315,7 +316,7 @@ class DecoderLayer(nn.Module):
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
             attn = self.self_attn
-            q, k, v = (attn.split_heads(proj(h)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k, v = self.self_attention_qkv(h)
             if cache is None:
                 return attn.attend(q, k, v, is_causal=True)
             start, end = cache.length, cache.length + h.shape[1]
@@ -329,6 +330,24 @@ class DecoderLayer(nn.Module):
             if end - start > 1:
                 mask = torch.ones(end - start, end, dtype=torch.bool, device=h.device).tril(diagonal=start)
             return attn.attend(q, k_all, v_all, attn_mask=mask)
+
+        return self.with_self_attention(x, self_attention, memory_k, memory_v, memory_mask)
+
+    def self_attention_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The self-attention's heads-split queries, keys and values of ``h [B, T, D]``, ``[B, H, T, Dh]`` each."""
+        attn = self.self_attn
+        return tuple(attn.split_heads(proj(h)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+
+    def with_self_attention(
+        self,
+        x: torch.Tensor,
+        self_attention: Callable[[torch.Tensor], torch.Tensor],
+        memory_k: torch.Tensor,
+        memory_v: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The layer on ``x [B, T, D]`` with ``self_attention`` (normed ``h [B, T, D]`` -> ``[B, T, D]``,
+        keys/values from wherever it keeps them), then cross-attention to the memory and the FFN."""
 
         def cross_attention(h: torch.Tensor) -> torch.Tensor:
             q = self.multihead_attn.split_heads(self.multihead_attn.q_proj(h))

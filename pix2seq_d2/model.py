@@ -245,7 +245,7 @@ class Pix2Seq(nn.Module):
             "pad_value": p.PAD_VALUE,
             "memory_projection": memory_projection,
             "norm_eps": p.LAYER_NORM_EPS,
-            "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True),
+            "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True, tokenizer=tokenizer),
             "sequence_seed": training_seed(None, cfg),  # SEED, or one drawn per process
         }
 

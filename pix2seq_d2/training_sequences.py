@@ -152,9 +152,12 @@ class TrainingSequenceBuilder:
         self.sequence_augmentation = sequence_augmentation
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> TrainingSequenceBuilder:
-        """``MODEL.PIX2SEQ``'s tokenizer, ``MAX_OBJECTS``, ``OBJECT_ORDER`` and ``SEQ_AUG``; at test
-        time (``is_train`` False) the dataset's order ("random" becomes "none") and no noise."""
+    def from_config(
+        cls, cfg: CfgNode, is_train: bool = True, tokenizer: Pix2SeqTokenizer | None = None
+    ) -> TrainingSequenceBuilder:
+        """``MODEL.PIX2SEQ``'s tokenizer (``tokenizer``: one already built from it), ``MAX_OBJECTS``,
+        ``OBJECT_ORDER`` and ``SEQ_AUG``; at test time (``is_train`` False) the dataset's order
+        ("random" becomes "none") and no noise."""
         p = cfg.MODEL.PIX2SEQ
         seq_aug = None
         if p.SEQ_AUG.ENABLED and is_train:
@@ -166,7 +169,7 @@ class TrainingSequenceBuilder:
                 duplicate_jitter=p.SEQ_AUG.DUPLICATE_JITTER,
             )
         order = "none" if p.OBJECT_ORDER == "random" and not is_train else p.OBJECT_ORDER
-        return cls(Pix2SeqTokenizer.from_config(cfg), p.MAX_OBJECTS, order, seq_aug)
+        return cls(tokenizer or Pix2SeqTokenizer.from_config(cfg), p.MAX_OBJECTS, order, seq_aug)
 
     def __repr__(self) -> str:
         return (

@@ -79,7 +79,7 @@ def load_tool_config(config_file: str, opts: list | tuple = ()) -> CfgNode:
         raise FileNotFoundError(f"config file {config_file} does not exist")
     cfg = load_config(config_file, opts)
     register_coco_datasets(cfg)
-    return resolve_auto_settings(cfg)
+    return resolve_auto_settings(cfg)  # in place: the one config the caller holds
 
 
 def setup_tool_logging() -> None:

@@ -21,18 +21,16 @@ from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
-from pix2seq_d2.coco_datasets import register_coco_datasets
-from pix2seq_d2.config import load_config
-from pix2seq_d2.config_checks import resolve_auto_settings
+from pix2seq_d2.d2_tools import load_tool_config
 from pix2seq_d2.ema import use_ema_weights
 from pix2seq_d2.errors import launch_command, parse_train_args
 from pix2seq_d2.trainer import share_cpu_threads_among_workers
 
 
 def setup(args) -> CfgNode:
-    cfg = load_config(args.config_file, args.opts)  # unknown keys: an error naming key and file
-    register_coco_datasets(cfg)  # DATASETS.COCO entries (in every worker)
-    resolve_auto_settings(cfg)  # NUM_CLASSES 0 -> the training set's classes (written to config.yaml)
+    # unknown keys: an error naming key and file; DATASETS.COCO registered (in every worker);
+    # NUM_CLASSES 0 -> the training set's classes (written to config.yaml)
+    cfg = load_tool_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # detectron2 sets up its own loggers; this package logs under "pix2seq_d2".

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from torch import nn
 
 from .config_checks import ConfigError
 from .decoding import DecodedSequences, DecodingOptions, decode
-from .model import Pix2Seq
+from .model import DetectionSettings, Pix2Seq
 from .tokenizer import Pix2SeqTokenizer
 from .transformer import DecoderCache
 
@@ -219,18 +218,6 @@ def export_onnx(
 
 
 # ---- ONNX Runtime --------------------------------------------------------------------------
-@dataclass
-class _DetectionSettings:
-    """What :meth:`Pix2Seq.detections` reads from the model; the runner calls it with this in its place."""
-
-    tokenizer: Pix2SeqTokenizer
-    decoding: DecodingOptions
-    score_mode: str
-    score_thresh_test: float
-    detections_per_image: int
-    device: torch.device = torch.device("cpu")
-
-
 class _OnnxStepDecoder:
     """The ``start``/``step`` interface of :class:`~pix2seq_d2.transformer.TokenDecoder` on the step
     session, so that :func:`~pix2seq_d2.decoding.decode` runs the export with its own loop (grammar,
@@ -285,7 +272,7 @@ class OnnxPix2SeqRunner:
         decoding = greedy_decoding_options(cfg)
         p = cfg.MODEL.PIX2SEQ
         self.tokenizer = Pix2SeqTokenizer.from_config(cfg)
-        self.settings = _DetectionSettings(
+        self.settings = DetectionSettings(
             self.tokenizer, decoding, p.DECODE.SCORE, p.SCORE_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE
         )
         self.pixel_mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
@@ -338,7 +325,7 @@ class OnnxPix2SeqRunner:
         self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
     ) -> list[dict]:
         """:meth:`Pix2Seq.detections` with this runner's tokenizer, decoding options and test thresholds."""
-        return Pix2Seq.detections(self.settings, batched_inputs, sequences, images, do_postprocess)
+        return self.settings.detections(batched_inputs, sequences, images, do_postprocess)
 
     def __call__(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
         """-> ``[{"instances": Instances}]``, as :meth:`Pix2Seq.inference`."""

@@ -12,6 +12,8 @@ original size, like every detectron2 model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
@@ -39,7 +41,14 @@ POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
 PROJECTIONS_ON_POSITIONS = ("linear_ln", "identity")  # the others act on the feature map
 
-__all__ = ["Pix2Seq", "pad_sequences", "build_input_projection", "image_sizes_tensor", "token_decoder"]
+__all__ = [
+    "DetectionSettings",
+    "Pix2Seq",
+    "pad_sequences",
+    "build_input_projection",
+    "image_sizes_tensor",
+    "token_decoder",
+]
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
@@ -440,9 +449,31 @@ class Pix2Seq(nn.Module):
     def detections(
         self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
     ) -> list[dict]:
+        """Decoded sequences -> ``[{"instances": Instances}]`` (see :meth:`DetectionSettings.detections`)."""
+        settings = DetectionSettings(
+            self.tokenizer, self.decoding, self.score_mode, self.score_thresh_test, self.detections_per_image
+        )
+        return settings.detections(batched_inputs, sequences, images, do_postprocess)
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """What turns decoded sequences into detections: the tokenizer, the decoding options (grammar,
+    box source), the score mode, the test threshold and the cap per image. The model and the ONNX
+    runner (:mod:`pix2seq_d2.export`) both decode their sequences through it."""
+
+    tokenizer: Pix2SeqTokenizer
+    decoding: DecodingOptions
+    score_mode: str
+    score_thresh_test: float
+    detections_per_image: int
+
+    def detections(
+        self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
+    ) -> list[dict]:
         """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
         rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
-        sizes = image_sizes_tensor(images, self.device)  # [B, 2] (h, w)
+        sizes = image_sizes_tensor(images, sequences.tokens.device)  # [B, 2] (h, w)
         coord_tokens = None
         if self.decoding.box_from == "argmax":
             if sequences.coord_argmax is None:

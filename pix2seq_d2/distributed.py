@@ -12,14 +12,16 @@ default) BatchNorm running statistics are per worker by design.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch import nn
 
-from .ema import unwrap_model
+from .ema import ModelEMA, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +95,18 @@ class ReplicaAgreementHook(HookBase):
             f"Weights agree across {len(fingerprints)} workers "
             f"({len(fingerprints[0])} parameters; sum of all weights {total:.10g})"
         )
+
+
+def with_checkpointed_weights(
+    evaluate: Callable[[], dict], model: nn.Module, ema: ModelEMA | None = None
+) -> Callable[[], dict]:
+    """``evaluate`` run with the weights that get checkpointed: the EMA's when given, and on every worker
+    rank 0's buffers (per-worker BatchNorm statistics would make each worker evaluate its shard with a
+    slightly different model). The model's own weights come back afterwards."""
+
+    def evaluate_checkpointed_weights() -> dict:
+        with ema.swapped_into(model) if ema is not None else contextlib.nullcontext():
+            broadcast_buffers_from_main(model)
+            return evaluate()
+
+    return evaluate_checkpointed_weights

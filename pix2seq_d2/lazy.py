@@ -14,23 +14,21 @@ take explicit arguments already; this module holds what the configs need besides
 * data: :func:`resumable_train_loader`, the exact-resume train loader of
   :func:`~pix2seq_d2.resumable_data.build_resumable_train_loader` from explicit arguments;
 * training: :class:`ExactResumeHook` (a resumed run continues the data stream and the per-step RNG
-  seeding where it stopped) and :func:`with_checkpointed_weights` (evaluate the weights that get
-  checkpointed: the EMA when enabled, rank 0's buffers), what ``Pix2SeqTrainer`` does for the yaml path.
+  seeding where it stopped, what ``Pix2SeqTrainer`` does for the yaml path), and, re-exported,
+  :func:`~pix2seq_d2.distributed.with_checkpointed_weights` (evaluate the weights that get
+  checkpointed: the EMA when enabled, rank 0's buffers; ``Pix2SeqTrainer`` evaluates through it too).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import HookBase
 from detectron2.utils import comm
-from torch import nn
 
 from .config import add_pix2seq_config
-from .distributed import broadcast_buffers_from_main
-from .ema import ModelEMA
+from .distributed import with_checkpointed_weights
 from .model import token_decoder
 from .resumable_data import (
     ResumableTrainLoader,
@@ -121,18 +119,3 @@ class ExactResumeHook(HookBase):
     def before_step(self) -> None:
         seed = training_seed(self.data_loader, CfgNode({"SEED": self.seed}))
         seed_global_rngs(iteration_seed(seed, comm.get_rank(), self.trainer.iter))
-
-
-def with_checkpointed_weights(
-    evaluate: Callable[[], dict], model: nn.Module, ema: ModelEMA | None = None
-) -> Callable[[], dict]:
-    """``evaluate`` run with the weights that get checkpointed: the EMA's when given, and on every worker
-    rank 0's buffers (per-worker BatchNorm statistics would make each worker evaluate its shard with a
-    slightly different model). The model's own weights come back afterwards."""
-
-    def evaluate_checkpointed_weights() -> dict:
-        with ema.swapped_into(model) if ema is not None else contextlib.nullcontext():
-            broadcast_buffers_from_main(model)
-            return evaluate()
-
-    return evaluate_checkpointed_weights

@@ -24,7 +24,6 @@ Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). What it adds:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import weakref
 
@@ -40,7 +39,7 @@ from torch import nn
 from .checkpoint import Pix2SeqCheckpointer
 from .config_checks import check_config, check_datasets, with_auto_settings
 from .dataset_mapper import Pix2SeqDatasetMapper
-from .distributed import ReplicaAgreementHook, broadcast_buffers_from_main
+from .distributed import ReplicaAgreementHook, with_checkpointed_weights
 from .ema import EMAHook, ModelEMA
 from .evaluation import COCOEvaluatorWithRecall
 from .mixed_precision import MixedPrecisionTrainer
@@ -120,16 +119,8 @@ class Pix2SeqTrainer(DefaultTrainer):
         return hooks
 
     def _evaluation_weights(self, evaluate):
-        """``evaluate`` run with the weights that get checkpointed: the EMA when enabled, and on
-        every worker rank 0's buffers (per-worker BatchNorm statistics would otherwise make each
-        worker evaluate its shard with a slightly different model)."""
-
-        def evaluate_checkpointed_weights():
-            with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
-                broadcast_buffers_from_main(self.model)
-                return evaluate()
-
-        return evaluate_checkpointed_weights
+        """``evaluate`` run with the weights that get checkpointed (see :func:`with_checkpointed_weights`)."""
+        return with_checkpointed_weights(evaluate, self.model, self.ema)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:

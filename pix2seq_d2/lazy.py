@@ -23,19 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import get_cfg
 from detectron2.engine import HookBase
-from detectron2.utils import comm
 
 from .config import add_pix2seq_config
 from .distributed import with_checkpointed_weights
 from .model import token_decoder
 from .resumable_data import (
-    ResumableTrainLoader,
     build_resumable_train_loader,
-    iteration_seed,
-    seed_global_rngs,
-    training_seed,
+    continue_stream_at,
+    seed_step_rngs,
 )
 from .small_resnet import small_resnet_stages
 from .solver import build_adamw, warmup_fraction, with_gradient_clipping
@@ -112,10 +109,7 @@ class ExactResumeHook(HookBase):
         self.seed = seed
 
     def before_train(self) -> None:
-        if isinstance(self.data_loader, ResumableTrainLoader):
-            self.data_loader.start_at(self.trainer.start_iter)
-            self.trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator: restart it there
+        continue_stream_at(self.trainer, self.trainer.start_iter)
 
     def before_step(self) -> None:
-        seed = training_seed(self.data_loader, CfgNode({"SEED": self.seed}))
-        seed_global_rngs(iteration_seed(seed, comm.get_rank(), self.trainer.iter))
+        seed_step_rngs(self.data_loader, self.seed, self.trainer.iter)

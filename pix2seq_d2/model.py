@@ -255,7 +255,7 @@ class Pix2Seq(nn.Module):
             "memory_projection": memory_projection,
             "norm_eps": p.LAYER_NORM_EPS,
             "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True, tokenizer=tokenizer),
-            "sequence_seed": training_seed(None, cfg),  # SEED, or one drawn per process
+            "sequence_seed": training_seed(None, cfg.SEED),  # SEED, or one drawn per process
         }
 
     @property

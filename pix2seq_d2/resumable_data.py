@@ -57,6 +57,8 @@ __all__ = [
     "load_train_dataset_dicts",
     "sample_seed",
     "seed_global_rngs",
+    "continue_stream_at",
+    "seed_step_rngs",
     "seeded_rngs",
     "sequence_seed",
     "training_seed",
@@ -91,16 +93,32 @@ def sequence_seed(seed: int, rank: int, iteration: int, call: int) -> int:
 _PROCESS_SEED: list[int] = []
 
 
-def training_seed(loader, cfg: CfgNode) -> int:
-    """The seed of a training run: its resumable loader's (saved in checkpoints), else ``SEED``
-    (>= 0), else one drawn once per process (then a resumed run is not exact)."""
+def training_seed(loader, seed: int) -> int:
+    """The seed of a training run: its resumable loader's (saved in checkpoints), else ``seed``
+    (``SEED``, when >= 0), else one drawn once per process (then a resumed run is not exact)."""
     if isinstance(loader, ResumableTrainLoader):
         return loader.seed
-    if cfg.SEED >= 0:
-        return cfg.SEED
+    if seed >= 0:
+        return seed
     if not _PROCESS_SEED:
         _PROCESS_SEED.append(int(np.random.SeedSequence().generate_state(1)[0]))
     return _PROCESS_SEED[0]
+
+
+def seed_step_rngs(loader, seed: int, iteration: int) -> None:
+    """Before training step ``iteration``: seed the global RNGs (dropout, drop path) from the run's
+    seed (:func:`training_seed` of ``loader`` and ``seed``), this worker's rank and the iteration, so
+    that a resumed run draws exactly what the uninterrupted run drew."""
+    seed_global_rngs(iteration_seed(training_seed(loader, seed), comm.get_rank(), iteration))
+
+
+def continue_stream_at(trainer, start_iter: int) -> None:
+    """A resumed run: the resumable train loader of ``trainer`` (detectron2's ``SimpleTrainer``)
+    continues its stream at ``start_iter`` (other loaders: nothing to do)."""
+    loader = trainer.data_loader
+    if isinstance(loader, ResumableTrainLoader):
+        loader.start_at(start_iter)
+        trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator (private): restart it there
 
 
 def seed_global_rngs(seed: int) -> None:

@@ -46,9 +46,8 @@ from .mixed_precision import MixedPrecisionTrainer
 from .resumable_data import (
     ResumableTrainLoader,
     build_resumable_train_loader,
-    iteration_seed,
-    seed_global_rngs,
-    training_seed,
+    continue_stream_at,
+    seed_step_rngs,
 )
 from .sequence_likelihood import SequenceLikelihoodEvaluator
 from .solver import build_lr_scheduler, build_optimizer
@@ -173,16 +172,12 @@ class Pix2SeqTrainer(DefaultTrainer):
         """detectron2's resume (model, optimizer, scheduler, hooks' state, EMA, grad scaler,
         iteration) plus the data: the train loader continues its stream at ``start_iter``."""
         super().resume_or_load(resume=resume)
-        loader = self._trainer.data_loader
-        if isinstance(loader, ResumableTrainLoader):
-            loader.start_at(self.start_iter)
-            self._trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator: restart it there
+        continue_stream_at(self._trainer, self.start_iter)
 
     def run_step(self) -> None:
         # Dropout & co. draw from the global RNGs: seeded from (seed, rank, iteration), a resumed
         # run draws exactly what the uninterrupted run drew at this iteration.
-        seed = training_seed(self._trainer.data_loader, self.cfg)
-        seed_global_rngs(iteration_seed(seed, comm.get_rank(), self.iter))
+        seed_step_rngs(self._trainer.data_loader, self.cfg.SEED, self.iter)
         super().run_step()
 
     def state_dict(self) -> dict:

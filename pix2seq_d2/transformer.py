@@ -170,8 +170,9 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(ACTIVATIONS[self.activation](self.linear1(x))))
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention over image positions (padding masked) + FFN."""
+class ResidualLayer(nn.Module):
+    """What encoder and decoder layers share: self-attention, optionally cross-attention, an FFN, one
+    LayerNorm per block, and the residual wiring of each block (pre- or post-norm, dropout, drop path)."""
 
     def __init__(
         self,
@@ -183,25 +184,37 @@ class EncoderLayer(nn.Module):
         drop_path: float = 0.0,
         activation: str = "relu",
         norm_eps: float = 1e-5,
+        cross_attention: bool = False,
     ):
         super().__init__()
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
+        if cross_attention:
+            self.multihead_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        if cross_attention:
+            self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
         self.pre_norm = pre_norm
 
+    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.drop_path(self.dropout(block(norm(x))))
+        return norm(x + self.drop_path(self.dropout(block(x))))
+
+
+class EncoderLayer(ResidualLayer):
+    """Self-attention over image positions (padding masked) + FFN."""
+
     def forward(self, src: torch.Tensor, pos: torch.Tensor | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
         # src, pos: [B, S, D] (pos None: no positions inside attention); attn_mask: bool [B, 1, 1, S]
-        x = self.norm1(src) if self.pre_norm else src
-        q = add_pos(x, pos)
-        src = src + self.drop_path(self.dropout(self.self_attn(q, q, x, attn_mask)))
-        src = src if self.pre_norm else self.norm1(src)
-        x = self.norm2(src) if self.pre_norm else src
-        src = src + self.drop_path(self.dropout(self.ffn(x)))
-        return src if self.pre_norm else self.norm2(src)
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            q = add_pos(h, pos)
+            return self.self_attn(q, q, h, attn_mask)
+
+        return self._residual(self._residual(src, self.norm1, self_attention), self.norm2, self.ffn)
 
 
 class TransformerEncoder(nn.Module):
@@ -267,40 +280,17 @@ class DecoderCache:
             self.memory_mask = None if self.memory_mask is None else self.memory_mask[rows]
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(ResidualLayer):
     """Causal self-attention over tokens, cross-attention to the image, FFN."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        dropout: float,
-        pre_norm: bool,
-        drop_path: float = 0.0,
-        activation: str = "relu",
-        norm_eps: float = 1e-5,
-    ):
-        super().__init__()
-        self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.multihead_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.drop_path = DropPath(drop_path)
-        self.pre_norm = pre_norm
+    def __init__(self, *args, **kwargs):
+        """The arguments of :class:`ResidualLayer` (with cross-attention)."""
+        super().__init__(*args, **kwargs, cross_attention=True)
 
     def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of the encoder memory, ``[B, H, S, Dh]`` each (positions on keys only)."""
         attn = self.multihead_attn
         return attn.split_heads(attn.k_proj(add_pos(memory, memory_pos))), attn.split_heads(attn.v_proj(memory))
-
-    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, block) -> torch.Tensor:
-        if self.pre_norm:
-            return x + self.drop_path(self.dropout(block(norm(x))))
-        return norm(x + self.drop_path(self.dropout(block(x))))
 
     def forward(
         self,

@@ -28,7 +28,7 @@ setup(
         "black",
         "packaging",
         "opencv-python-headless",
-        # C++ COCO evaluation, same numbers as pycocotools (TEST.COCO_EVAL_BACKEND, pix2seq_d2/evaluation.py)
+        # C++ COCO evaluation, same numbers as pycocotools (TEST.COCO_EVAL_BACKEND; pix2seq_d2/evaluation)
         "faster-coco-eval",
         # `from detectron2 import model_zoo` needs pkg_resources, which setuptools 81 removed
         "setuptools<81",

@@ -6,16 +6,21 @@ Importing the package registers the ``Pix2Seq`` meta-architecture, the
 datasets (generated on first use under ``$DETECTRON2_DATASETS/pix2seq_shapes``).
 """
 
-from .backbones import build_pix2seq_resnet_backbone, build_pix2seq_vit_backbone
-from .coco_datasets import ensure_coco_metadata, load_coco_json_checked, register_coco_datasets, register_coco_json
-from .config import add_pix2seq_config
-from .dataset_mapper import Pix2SeqDatasetMapper
-from .model import Pix2Seq
-from .predictor import Pix2SeqPredictor
-from .small_resnet import build_small_resnet_backbone
-from .synthetic_shapes import register_shapes_datasets
-from .tokenizer import Pix2SeqTokenizer
-from .trainer import Pix2SeqTrainer
+from pix2seq_d2.config.defaults import add_pix2seq_config
+from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.data.datasets.coco import (
+    ensure_coco_metadata,
+    load_coco_json_checked,
+    register_coco_datasets,
+    register_coco_json,
+)
+from pix2seq_d2.data.datasets.shapes import register_shapes_datasets
+from pix2seq_d2.engine.predictor import Pix2SeqPredictor
+from pix2seq_d2.engine.trainer import Pix2SeqTrainer
+from pix2seq_d2.modeling.backbone.resnet import build_pix2seq_resnet_backbone, build_pix2seq_vit_backbone
+from pix2seq_d2.modeling.backbone.small_resnet import build_small_resnet_backbone
+from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 
 register_shapes_datasets()
 

@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from .conftest import REPO_ROOT, shapes_image, write_image
+from tests.helpers import REPO_ROOT, shapes_image, write_image
 
 CATEGORY_IDS = (1, 3, 7)
 

@@ -9,7 +9,7 @@ and decoder (embeddings, each layer, output), and the total.
 
 ``flop``: FLOPs counted as detectron2's ``tools/analyze_model.py`` counts them (fvcore, one
 multiply-add = one flop), plus ``scaled_dot_product_attention`` (fvcore has no handle for it; see
-pix2seq_d2/analysis.py), on the first ``-n`` images of ``DATASETS.TEST[0]`` read by the Pix2Seq test
+pix2seq_d2/analysis/flops.py), on the first ``-n`` images of ``DATASETS.TEST[0]`` read by the Pix2Seq test
 mapper: the image encoder per image, the decoder's cross-attention keys/values (once per image), one
 cached decoder step at the first and at the last position of a full sequence
 (``5 * MAX_OBJECTS_TEST`` tokens) and their mean per decoded token, the full sequence, and
@@ -28,10 +28,10 @@ from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
-from pix2seq_d2.analysis import ModelFlops, format_count, model_flops, parameter_counts, table
-from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
-from pix2seq_d2.d2_tools import load_tool_config, setup_tool_logging
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.analysis.flops import ModelFlops, format_count, model_flops, parameter_counts, table
+from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
+from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.launch import run_command
 
 TASKS = ("parameter", "flop")
 logger = logging.getLogger("pix2seq_d2.tools.analyze_model")

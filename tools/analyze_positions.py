@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Per position of the generated sequence: how often a model emits an object there, finds a new
-ground-truth object, or repeats one it already found (see pix2seq_d2/position_analysis.py).
+ground-truth object, or repeats one it already found (see pix2seq_d2/analysis/positions.py).
 
     python tools/analyze_positions.py --config-file configs/quickstart/pix2seq_shapes_dense.yaml \
         --weights output/quickstart_dense/model_final.pth [MODEL.PIX2SEQ.DECODE.STOP_AT_EOS False]
@@ -20,9 +20,9 @@ from detectron2.structures import BoxMode
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
-from pix2seq_d2.checkpoint import load_inference_weights
-from pix2seq_d2.config import load_config
-from pix2seq_d2.position_analysis import PositionStats
+from pix2seq_d2.analysis.positions import PositionStats
+from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
+from pix2seq_d2.config.defaults import load_config
 
 
 def ground_truth_by_file(dataset_name: str) -> dict[str, torch.Tensor]:

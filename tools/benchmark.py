@@ -36,11 +36,11 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import EventStorage
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
-from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
-from pix2seq_d2.d2_tools import load_tool_config, setup_tool_logging
-from pix2seq_d2.errors import run_command
-from pix2seq_d2.mixed_precision import MixedPrecisionTrainer
-from pix2seq_d2.resumable_data import load_train_dataset_dicts
+from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
+from pix2seq_d2.data.resumable_loader import load_train_dataset_dicts
+from pix2seq_d2.engine.amp import MixedPrecisionTrainer
+from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.launch import run_command
 
 TASKS = ("train", "eval", "data")
 

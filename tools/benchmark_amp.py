@@ -25,9 +25,9 @@ import torch
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqTokenizer
-from pix2seq_d2.config import load_config
-from pix2seq_d2.mixed_precision import amp_dtype
-from pix2seq_d2.solver import build_optimizer
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.engine.amp import amp_dtype
+from pix2seq_d2.solver.build import build_optimizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

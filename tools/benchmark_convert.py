@@ -26,10 +26,11 @@ from detectron2.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import pix2seq_d2  # noqa: E402, F401
-from pix2seq_d2.config import load_config  # noqa: E402
-from pix2seq_d2.conversion import convert_checkpoint, write_converted  # noqa: E402
 from tests.tf_checkpoint_writer import write_tf_checkpoint_arrays  # noqa: E402
+
+import pix2seq_d2  # noqa: E402, F401
+from pix2seq_d2.config.defaults import load_config  # noqa: E402
+from pix2seq_d2.conversion import convert_checkpoint, write_converted  # noqa: E402
 
 TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "pix2seq_official", "official_resnet")
 

@@ -10,7 +10,7 @@ Three ways to decode the same greedy, grammar-constrained, fixed-length sequence
 (b) concat:    self-attention keys/values cached but grown with ``torch.cat``, and the encoder
                memory projected into cross-attention keys/values again at every step (the best
                public PyTorch reproduction's approach, re-implemented here for the comparison);
-(c) ours:      ``pix2seq_d2.decoding.decode``: preallocated cache, memory projected once.
+(c) ours:      ``pix2seq_d2.modeling.decoding.decode``: preallocated cache, memory projected once.
 
 All three must produce identical tokens (checked). Prints images/s, ms per decoding step,
 and the ratios of (c) to (a) and (b).
@@ -24,10 +24,10 @@ import time
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.config import load_config
-from pix2seq_d2.decoding import DecodingOptions, decode, grammar_masks
-from pix2seq_d2.tokenizer import Pix2SeqTokenizer
-from pix2seq_d2.transformer import TokenDecoder, sine_position_encoding
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.modeling.decoding import DecodingOptions, decode, grammar_masks
+from pix2seq_d2.modeling.transformer import TokenDecoder, sine_position_encoding
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 
 
 @torch.no_grad()

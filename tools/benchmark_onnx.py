@@ -11,8 +11,8 @@ with the grammar exactly ``--objects`` objects per image (``STOP_AT_EOS`` False:
 object; random weights would stop anywhere):
 
 * PyTorch:      ``Pix2Seq.generate`` + ``Pix2Seq.detections``, what ``Pix2Seq.inference`` runs
-  (cached decoding, :mod:`pix2seq_d2.decoding`);
-* ONNX Runtime: :class:`~pix2seq_d2.export.OnnxPix2SeqRunner` on the files of ``export_onnx``, CPU
+  (cached decoding, :mod:`pix2seq_d2.modeling.decoding`);
+* ONNX Runtime: :class:`~pix2seq_d2.export.exporter.OnnxPix2SeqRunner` on the files of ``export_onnx``, CPU
   execution provider with as many threads as torch uses (``--threads``).
 
 The R-50 paper setting (640 px and 100 objects, or 1333 px) takes minutes per batch on a 2-core CPU,
@@ -33,9 +33,9 @@ import time
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.checkpoint import load_inference_weights
-from pix2seq_d2.config import load_config
-from pix2seq_d2.export import ONNX_EXPORTERS, OnnxPix2SeqRunner, export_image_size, export_onnx
+from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.export.exporter import ONNX_EXPORTERS, OnnxPix2SeqRunner, export_image_size, export_onnx
 
 
 def set_objects(model, runner: OnnxPix2SeqRunner, objects: int) -> None:

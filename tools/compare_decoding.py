@@ -18,8 +18,8 @@ import time
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint import load_inference_weights
-from pix2seq_d2.config import load_config
+from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
+from pix2seq_d2.config.defaults import load_config
 
 D = "MODEL.PIX2SEQ.DECODE."
 SETTINGS: dict[str, list] = {

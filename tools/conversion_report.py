@@ -25,7 +25,7 @@ from detectron2.structures import ImageList
 
 import pix2seq_d2  # noqa: F401  (registers the backbones and the meta-architecture)
 from pix2seq_d2.conversion import convert_checkpoint
-from pix2seq_d2.decoding import DecodingOptions, decode
+from pix2seq_d2.modeling.decoding import DecodingOptions, decode
 
 DEFAULT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "pix2seq_official"

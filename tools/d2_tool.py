@@ -12,7 +12,7 @@
         --input output/inference/coco_instances_results.json --output output/vis
 
 The script runs as ``__main__`` with ``sys.argv`` = [SCRIPT, ARGS...], after
-``pix2seq_d2.d2_tools.installed()`` has replaced the names it imports from detectron2 (``get_cfg``
+``pix2seq_d2.engine.d2_script_patches.installed()`` has replaced the names it imports from detectron2 (``get_cfg``
 with the Pix2Seq keys; the train/test loaders with the Pix2Seq mappers; the Pix2Seq optimizer;
 ``build_model`` with the auto settings; ``FlopCountAnalysis`` that counts
 ``scaled_dot_product_attention``); detectron2's are restored afterwards.
@@ -39,9 +39,9 @@ import sys
 
 from detectron2.config import CfgNode
 
-from pix2seq_d2.config import load_config
-from pix2seq_d2.d2_tools import installed, load_tool_config
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.engine.d2_script_patches import installed, load_tool_config
+from pix2seq_d2.engine.launch import run_command
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
 

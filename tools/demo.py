@@ -12,7 +12,7 @@ name when there is a single input. For ``--video-input``/``--webcam``, ``--outpu
 video file (``.mp4``: mp4v codec, ``.avi``: MJPG) or a folder that receives ``<name>.mp4``.
 OpenCV here is headless: there is no window, so ``--output`` is always required.
 
-Images are read with ``pix2seq_d2.input_checks.read_image_file``, like training and evaluation:
+Images are read with ``pix2seq_d2.data.input_checks.read_image_file``, like training and evaluation:
 EXIF orientation applied, 16-bit pixels scaled to 8 bits (not clipped to white), alpha dropped,
 palette/grayscale expanded to colour.
 
@@ -22,7 +22,7 @@ the run fails with an error listing every skipped file (``SkippedInputsError``; 
 prints ``error: ...`` and exits with status 1, no traceback). A video that cannot be opened or
 of which no frame can be decoded is an error naming the file; one that ends early (truncated)
 is drawn up to there, with a warning. A bad ``MODEL.WEIGHTS`` file is an error saying what the
-file is (``pix2seq_d2.checkpoint.NotACheckpointError``).
+file is (``pix2seq_d2.checkpoint.checkpointer.NotACheckpointError``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
-from pix2seq_d2.config import load_config
-from pix2seq_d2.errors import run_command
-from pix2seq_d2.input_checks import BadInputError, describe_file_start, read_image_file
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.data.input_checks import BadInputError, describe_file_start, read_image_file
+from pix2seq_d2.engine.launch import run_command
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # both write and read back with opencv-python-headless

@@ -7,7 +7,7 @@
         --format onnx --onnx-exporter legacy --verify --verify-images 50 MODEL.WEIGHTS output/quickstart/model_final.pth
 
 Writes ``encoder.{ts,onnx}`` and ``step.{ts,onnx}`` to ``--output`` (their inputs and outputs:
-pix2seq_d2/export.py). Images are padded to a fixed square, ``MODEL.PIX2SEQ.PAD_TO_SQUARE`` or else
+pix2seq_d2/export/exporter.py). Images are padded to a fixed square, ``MODEL.PIX2SEQ.PAD_TO_SQUARE`` or else
 ``INPUT.MAX_SIZE_TEST`` (rounded up to the backbone's size divisibility); batch size and decoded
 length stay free. ONNX files come from ``torch.onnx.export(dynamo=True)`` by default
 (``--onnx-exporter legacy``: the deprecated TorchScript-based exporter, same outputs, much faster).
@@ -15,7 +15,7 @@ Without ``MODEL.WEIGHTS`` the model is exported at random weights. The model is 
 on the CPU (``MODEL.DEVICE`` is set to cpu). Config overrides go last, after the other flags.
 
 ``--verify`` decodes images of a registered dataset (``--dataset``, default ``DATASETS.TEST[0]``)
-with :class:`~pix2seq_d2.export.OnnxPix2SeqRunner` and with the PyTorch model, greedily (the runner
+with :class:`~pix2seq_d2.export.exporter.OnnxPix2SeqRunner` and with the PyTorch model, greedily (the runner
 decodes greedily only: add ``MODEL.PIX2SEQ.DECODE.STRATEGY greedy`` for a config that samples), and
 prints how many images got identical tokens and the largest box and score differences.
 """
@@ -31,10 +31,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
-from pix2seq_d2.config import load_config
-from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.errors import run_command
-from pix2seq_d2.export import (
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.predictor import Pix2SeqPredictor
+from pix2seq_d2.export.exporter import (
     ONNX_EXPORTERS,
     OnnxPix2SeqRunner,
     export_image_size,
@@ -42,8 +43,7 @@ from pix2seq_d2.export import (
     export_torchscript,
     greedy_decoding_options,
 )
-from pix2seq_d2.model import Pix2Seq
-from pix2seq_d2.predictor import Pix2SeqPredictor
+from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
 
 FORMATS = ("torchscript", "onnx")
 

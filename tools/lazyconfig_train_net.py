@@ -45,15 +45,15 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
-from pix2seq_d2.config_checks import ConfigError
-from pix2seq_d2.distributed import ReplicaAgreementHook
-from pix2seq_d2.ema import EMAHook, ModelEMA, use_ema_weights
-from pix2seq_d2.errors import launch_command, parse_train_args
-from pix2seq_d2.lazy import ExactResumeHook, with_checkpointed_weights
-from pix2seq_d2.mixed_precision import MixedPrecisionTrainer, amp_dtype
-from pix2seq_d2.resumable_data import ResumableTrainLoader
-from pix2seq_d2.trainer import share_cpu_threads_among_workers
+from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
+from pix2seq_d2.config.checks import ConfigError
+from pix2seq_d2.data.resumable_loader import ResumableTrainLoader
+from pix2seq_d2.engine.amp import MixedPrecisionTrainer, amp_dtype
+from pix2seq_d2.engine.distributed import ReplicaAgreementHook
+from pix2seq_d2.engine.launch import launch_command, parse_train_args
+from pix2seq_d2.engine.lazy import ExactResumeHook, with_checkpointed_weights
+from pix2seq_d2.engine.trainer import share_cpu_threads_among_workers
+from pix2seq_d2.modeling.ema import EMAHook, ModelEMA, use_ema_weights
 
 logger = logging.getLogger("pix2seq_d2")
 

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from pix2seq_d2.config import load_config
-from pix2seq_d2.synthetic_shapes import shapes_split_paths
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.data.datasets.shapes import shapes_split_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "quickstart", "pix2seq_shapes.yaml")

@@ -20,11 +20,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
-from pix2seq_d2.d2_tools import load_tool_config
-from pix2seq_d2.ema import use_ema_weights
-from pix2seq_d2.errors import launch_command, parse_train_args
-from pix2seq_d2.trainer import share_cpu_threads_among_workers
+from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
+from pix2seq_d2.engine.d2_script_patches import load_tool_config
+from pix2seq_d2.engine.launch import launch_command, parse_train_args
+from pix2seq_d2.engine.trainer import share_cpu_threads_among_workers
+from pix2seq_d2.modeling.ema import use_ema_weights
 
 
 def setup(args) -> CfgNode:

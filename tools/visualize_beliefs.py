@@ -9,10 +9,10 @@ Each image is decoded greedily. The left panel draws, for every predicted object
 probability of each quantisation bin for its ``ymin``/``ymax`` (curves along the vertical
 axis, left of the box; solid: min, dotted: max) and ``xmin``/``xmax`` (along the horizontal
 axis, above the box); the right panel lists the generated tokens with their probabilities.
-See pix2seq_d2/beliefs.py. ``--output`` is a folder (``<image name>_beliefs.png`` each) or a
+See pix2seq_d2/analysis/beliefs.py. ``--output`` is a folder (``<image name>_beliefs.png`` each) or a
 ``.png`` file for a single input.
 
-Images are read like in training and in tools/demo.py (``pix2seq_d2.input_checks.read_image_file``:
+Images are read like in training and in tools/demo.py (``pix2seq_d2.data.input_checks.read_image_file``:
 EXIF orientation, 16-bit scaled, alpha dropped). An image that cannot be read is logged with its name
 and skipped; after the others are drawn the run fails with an error listing the skipped files
 (``SkippedInputsError``: ``error: ...`` and exit status 1 on the command line, no traceback).
@@ -30,9 +30,9 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
-from pix2seq_d2.beliefs import draw_beliefs, read_beliefs
-from pix2seq_d2.config import load_config
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.analysis.beliefs import draw_beliefs, read_beliefs
+from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.engine.launch import run_command
 
 
 def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:

@@ -35,9 +35,9 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqTokenizer, Pix2SeqTrainer
-from pix2seq_d2.d2_tools import load_tool_config, setup_tool_logging
-from pix2seq_d2.dataset_mapper import expand_views
-from pix2seq_d2.errors import run_command
+from pix2seq_d2.data.dataset_mapper import expand_views
+from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.launch import run_command
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_data")
 AXIS_NAMES = ("xmin", "ymin", "xmax", "ymax")  # the tokenizer's slot_axes index into this

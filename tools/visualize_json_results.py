@@ -36,9 +36,9 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from pix2seq_d2.d2_tools import load_tool_config, setup_tool_logging
-from pix2seq_d2.errors import run_command
-from pix2seq_d2.input_checks import read_image_file
+from pix2seq_d2.data.input_checks import read_image_file
+from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.launch import run_command
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_json_results")
 

@@ -15,7 +15,7 @@ Unlike the yaml path (SOLVER.REFERENCE_WORLD_SIZE), nothing is rescaled for anot
 
 from detectron2.config import LazyCall as L
 
-from pix2seq_d2.sequence_augmentation import SequenceAugmentation
+from pix2seq_d2.tasks.sequence_augmentation import SequenceAugmentation
 
 from .common.data.coco import dataloader
 from .common.models.pix2seq import model

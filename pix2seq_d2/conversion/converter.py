@@ -105,7 +105,7 @@ class ConvertedCheckpoint:
 
     def config(self):
         """The detectron2 config of the converted model (not frozen)."""
-        from ..config import load_config
+        from pix2seq_d2.config.defaults import load_config
 
         return load_config(self.base_config, [x for kv in self.overrides.items() for x in kv])
 

@@ -8,7 +8,7 @@ train = dict(
     init_checkpoint="",
     max_iter=90000,
     # Mixed precision (SOLVER.AMP): "auto" is float16 with gradient scaling on a GPU and bfloat16
-    # (no scaling) on the CPU; "float16" / "bfloat16" force one (see pix2seq_d2/mixed_precision.py).
+    # (no scaling) on the CPU; "float16" / "bfloat16" force one (see pix2seq_d2/engine/amp.py).
     amp=dict(enabled=False, precision="auto"),
     # DistributedDataParallel options, for several workers (detectron2's create_ddp_model).
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
@@ -22,7 +22,7 @@ train = dict(
     # dropout; < 0: drawn at random (the data stream's seed is still saved in checkpoints).
     seed=-1,
     # An exponential moving average of the weights (MODEL.EMA), updated every step, saved in
-    # checkpoints as "ema" and evaluated instead of the raw weights (see pix2seq_d2/ema.py).
+    # checkpoints as "ema" and evaluated instead of the raw weights (see pix2seq_d2/modeling/ema.py).
     ema=dict(enabled=False, decay=0.9999),
     cudnn_benchmark=False,
 )

@@ -10,7 +10,7 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from omegaconf import OmegaConf
 
-from pix2seq_d2.augmentation import ColorJitter, RandomFixedSizeCrop
+from pix2seq_d2.data.transforms import ColorJitter, RandomFixedSizeCrop
 
 from .evaluation import evaluators, test_loader
 from .training import train_loader

@@ -8,9 +8,9 @@ from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import DatasetEvaluators
 
-from pix2seq_d2.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.evaluation import COCOEvaluatorWithRecall
-from pix2seq_d2.sequence_likelihood import SequenceLikelihoodEvaluator
+from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.evaluation.coco_evaluation import COCOEvaluatorWithRecall
+from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluator
 
 
 def test_loader(names: str, image_size: int, num_workers: int):

@@ -1,17 +1,17 @@
 """The Pix2Seq model of configs/Base-Pix2Seq.yaml: an ImageNet-style ResNet-50 whose last stage (res5)
 feeds a transformer encoder, and an autoregressive decoder that writes each object as 5 tokens
-(4 quantised box coordinates, then the class). The keys follow ``MODEL.PIX2SEQ`` (pix2seq_d2/config.py
+(4 quantised box coordinates, then the class). The keys follow ``MODEL.PIX2SEQ`` (pix2seq_d2/config/defaults.py
 explains each); derived sizes are interpolations, so overriding one setting keeps the others consistent.
 """
 
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from pix2seq_d2.decoding import DecodingOptions
-from pix2seq_d2.lazy import token_decoder
-from pix2seq_d2.model import Pix2Seq
-from pix2seq_d2.tokenizer import Pix2SeqTokenizer
-from pix2seq_d2.transformer import TransformerEncoder
+from pix2seq_d2.engine.lazy import token_decoder
+from pix2seq_d2.modeling.decoding import DecodingOptions
+from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
+from pix2seq_d2.modeling.transformer import TransformerEncoder
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 
 model = L(Pix2Seq)(
     # ---- backbone: detectron2's R-50 (build_resnet_backbone, MODEL.RESNETS), nothing frozen ----

@@ -1,0 +1,388 @@
+"""A training data loader that resumes exactly where a killed run stopped.
+
+detectron2's train loader restarts its index stream (and its augmentation randomness) when a
+run is resumed, so a resumed run sees other images than an uninterrupted one would have.
+:class:`ResumableTrainLoader` makes every batch a pure function of ``(seed, iteration)``:
+
+* **Order.** The global index stream is the one of detectron2's samplers
+  (``TrainingSampler``, ``RepeatFactorTrainingSampler``, ``RandomSubsetTrainingSampler``)
+  built with the run's seed, sharded over ranks like them (rank ``r`` of ``W`` takes
+  positions ``r, r+W, ...``) and cut into per-rank batches of ``IMS_PER_BATCH / W``.
+  ``start_at(iteration)`` continues at batch ``iteration`` by replaying the stream of
+  indices (no image is read while replaying).
+* **Aspect-ratio grouping** (``DATALOADER.ASPECT_RATIO_GROUPING``) groups indices by the
+  dataset dicts' ``width > height`` before any image is loaded, with the same two buckets as
+  detectron2; the replay rebuilds the partly filled buckets, so grouping stays exact.
+  (Dicts without ``width``/``height`` all go to the first bucket.)
+* **Augmentation.** Each sample is mapped with Python's, numpy's and torch's global RNGs
+  seeded from ``(seed, stream position, attempt)`` and restored afterwards, in the main
+  process and in ``DataLoader`` workers alike, so random flips, crops and object orders do
+  not depend on when the run started, nor on ``NUM_WORKERS``.
+* **Bad images.** A sample whose mapper raises
+  :class:`~pix2seq_d2.data.input_checks.BadInputError` (or returns None) is logged with its file
+  and replaced by another index drawn from ``(seed, position)``; training stops with an
+  error if no image of the dataset can be read.
+* **Workers.** ``DataLoader`` worker ``w`` of ``N`` maps batches ``w, w+N, ...`` and the
+  loader returns them in order; its base seed comes from a private generator, so creating
+  the iterator does not consume the global torch RNG.
+
+The seed is ``SEED`` when it is >= 0, otherwise drawn once (shared by all ranks) and saved
+in checkpoints (:meth:`ResumableTrainLoader.state_dict`), as is the per-iteration seeding of
+the global RNGs that the trainer does for dropout (:func:`iteration_seed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
+from detectron2.utils import comm
+from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
+
+from .input_checks import BadInputError, check_category_ids, explain_dataset_error
+
+__all__ = [
+    "ResumableTrainLoader",
+    "build_resumable_train_loader",
+    "index_batches",
+    "iteration_seed",
+    "load_train_dataset_dicts",
+    "sample_seed",
+    "seed_global_rngs",
+    "continue_stream_at",
+    "seed_step_rngs",
+    "seeded_rngs",
+    "sequence_seed",
+    "training_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler")
+
+
+def _mix(*values: int) -> int:
+    """A 32-bit seed from integers (numpy's SeedSequence hashing: nearby inputs give unrelated seeds)."""
+    return int(np.random.SeedSequence([v % 2**64 for v in values]).generate_state(1)[0])
+
+
+def sample_seed(seed: int, position: int, attempt: int = 0) -> int:
+    """Seed of the RNGs while mapping the sample at ``position`` of the stream (``attempt``: replacement number)."""
+    return _mix(seed, 1, position, attempt)
+
+
+def iteration_seed(seed: int, rank: int, iteration: int) -> int:
+    """Seed of the global RNGs for training step ``iteration`` on worker ``rank`` (dropout etc.)."""
+    return _mix(seed, 2, rank, iteration)
+
+
+def sequence_seed(seed: int, rank: int, iteration: int, call: int) -> int:
+    """Seed of the training sequences the model makes itself at step ``iteration`` on worker
+    ``rank`` (``call``: the how-many-th forward of that step, e.g. with gradient accumulation)."""
+    return _mix(seed, 3, rank, iteration, call)
+
+
+_PROCESS_SEED: list[int] = []
+
+
+def training_seed(loader, seed: int) -> int:
+    """The seed of a training run: its resumable loader's (saved in checkpoints), else ``seed``
+    (``SEED``, when >= 0), else one drawn once per process (then a resumed run is not exact)."""
+    if isinstance(loader, ResumableTrainLoader):
+        return loader.seed
+    if seed >= 0:
+        return seed
+    if not _PROCESS_SEED:
+        _PROCESS_SEED.append(int(np.random.SeedSequence().generate_state(1)[0]))
+    return _PROCESS_SEED[0]
+
+
+def seed_step_rngs(loader, seed: int, iteration: int) -> None:
+    """Before training step ``iteration``: seed the global RNGs (dropout, drop path) from the run's
+    seed (:func:`training_seed` of ``loader`` and ``seed``), this worker's rank and the iteration, so
+    that a resumed run draws exactly what the uninterrupted run drew."""
+    seed_global_rngs(iteration_seed(training_seed(loader, seed), comm.get_rank(), iteration))
+
+
+def continue_stream_at(trainer, start_iter: int) -> None:
+    """A resumed run: the resumable train loader of ``trainer`` (detectron2's ``SimpleTrainer``)
+    continues its stream at ``start_iter`` (other loaders: nothing to do)."""
+    loader = trainer.data_loader
+    if isinstance(loader, ResumableTrainLoader):
+        loader.start_at(start_iter)
+        trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator (private): restart it there
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Inside the block the global CPU RNGs are seeded with ``seed``; their state is restored on exit."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def index_batches(
+    stream: Iterator[int],
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    group_ids: np.ndarray | None = None,
+    start: int = 0,
+) -> Iterator[list[tuple[int, int]]]:
+    """Rank ``rank``'s batches of ``(stream position, dataset index)`` from the global index
+    ``stream``, from batch number ``start`` on; with ``group_ids`` a batch only holds indices
+    of one group (filled in stream order, like detectron2's ``AspectRatioGroupedDataset``)."""
+    mine = itertools.islice(enumerate(stream), rank, None, world_size)
+    if group_ids is None:
+        mine = itertools.islice(mine, start * batch_size, None)
+        while True:
+            yield list(itertools.islice(mine, batch_size))
+    buckets: list[list[tuple[int, int]]] = [[] for _ in range(int(group_ids.max(initial=0)) + 1)]
+    number = 0
+    for position, index in mine:
+        bucket = buckets[group_ids[index]]
+        bucket.append((position, index))
+        if len(bucket) == batch_size:
+            if number >= start:
+                yield bucket[:]
+            number += 1
+            bucket.clear()
+
+
+def _identity(batch):
+    return batch
+
+
+class _ResumableBatches(IterableDataset):
+    """Mapped batches ``start, start+1, ...`` of one rank; sharded by batch over DataLoader workers."""
+
+    def __init__(self, loader: ResumableTrainLoader):
+        self.dataset = loader.dataset
+        self.mapper = loader.mapper
+        self.sampler = loader.sampler
+        self.seed = loader.seed
+        self.batch_size = loader.batch_size
+        self.group_ids = loader.group_ids
+        self.start = loader.start_iteration
+        self.rank, self.world_size = loader.rank, loader.world_size
+        self._bad: set[int] = set()
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = index_batches(
+            self.sampler._infinite_indices(),  # the sampler's global stream, before its rank sharding
+            self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            group_ids=self.group_ids,
+            start=self.start,
+        )
+        for batch in itertools.islice(batches, worker, None, workers):
+            yield [self.map_sample(position, index) for position, index in batch]
+
+    def map_sample(self, position: int, index: int) -> dict:
+        """The mapped sample at ``position``; a bad image is replaced by a deterministic other one."""
+        replacements = None
+        for attempt in itertools.count():
+            if index not in self._bad:
+                record = self.dataset[index]
+                with seeded_rngs(sample_seed(self.seed, position, attempt)):
+                    try:
+                        mapped = self.mapper(record)
+                        reason = "the mapper returned None"
+                    except BadInputError as e:
+                        mapped, reason = None, str(e)
+                    except Exception as e:
+                        if hasattr(e, "add_note"):  # Python >= 3.11: the traceback names the image
+                            e.add_note(f"(while mapping training image {record.get('file_name')}, index {index})")
+                        raise
+                if mapped is not None:
+                    return mapped
+                self._bad.add(index)
+                logger.warning(f"Skipping training image {record.get('file_name')} (dataset index {index}): {reason}")
+            if replacements is None:
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, position, -1))
+                replacements = iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+            index = next(replacements, None)
+            if index is None:
+                raise RuntimeError(
+                    f"None of the {len(self.dataset)} training images could be used (see the warnings above)"
+                )
+        raise AssertionError("unreachable")
+
+
+class ResumableTrainLoader:
+    """Iterable of per-rank training batches (lists of mapped dicts) that can start at any iteration.
+
+    Built by :func:`build_resumable_train_loader`; see the module docstring for the guarantees.
+    """
+
+    def __init__(
+        self,
+        dataset_dicts: list[dict],
+        mapper: Callable[[dict], dict | None],
+        *,
+        make_sampler: Callable[[int], Sampler],
+        seed: int,
+        batch_size: int,
+        aspect_ratio_grouping: bool = True,
+        num_workers: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        """
+        Args:
+            dataset_dicts: the training set (detectron2 dataset dicts).
+            mapper: dataset dict -> model input; may raise ``BadInputError`` or return None to skip.
+            make_sampler: seed -> a detectron2 training sampler over ``dataset_dicts``.
+            seed: seed of the sampler and of every sample's augmentation.
+            batch_size: images per batch of this rank.
+            aspect_ratio_grouping: batches of only landscape or only portrait images.
+            num_workers: ``DataLoader`` worker processes (0: map in the main process).
+            rank, world_size: this process among the training processes (default: detectron2's comm).
+        """
+        if not dataset_dicts:
+            raise ValueError("the training set is empty")
+        self.dataset = DatasetFromList(dataset_dicts, copy=False, serialize=True)
+        self.mapper = mapper
+        self.make_sampler = make_sampler
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.rank = comm.get_rank() if rank is None else rank
+        self.world_size = comm.get_world_size() if world_size is None else world_size
+        self.group_ids = None
+        if aspect_ratio_grouping:
+            self.group_ids = np.array(
+                [int(d.get("width", 1) <= d.get("height", 0)) for d in dataset_dicts], dtype=np.int64
+            )
+        self.start_iteration = 0
+        self.seed = seed
+        self.sampler = make_sampler(seed)
+
+    def start_at(self, iteration: int) -> None:
+        """The next iterator starts with the batch of training iteration ``iteration``."""
+        self.start_iteration = int(iteration)
+
+    def state_dict(self) -> dict:
+        return {"seed": int(self.seed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Use the seed of the checkpointed run (it matters when ``SEED`` < 0 drew a random one)."""
+        seed = int(state["seed"])
+        if seed != self.seed:
+            self.seed = seed
+            self.sampler = self.make_sampler(seed)
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        logger.info(
+            f"Training data starts at batch {self.start_iteration} of the stream with seed {self.seed} "
+            f"({self.batch_size} images per batch on rank {self.rank} of {self.world_size})"
+        )
+        generator = torch.Generator().manual_seed(_mix(self.seed, 3))  # DataLoader's base seed, not the global RNG
+        loader = DataLoader(
+            _ResumableBatches(self),
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            generator=generator,
+        )
+        return iter(loader)
+
+
+def load_train_dataset_dicts(cfg: CfgNode) -> list[dict]:
+    """``DATASETS.TRAIN``'s dicts as detectron2's train loader gets them, with clear errors for an
+    empty training set and for COCO annotations with unknown category ids."""
+    names = tuple(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty: name at least one registered dataset to train on")
+    try:
+        dicts = get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    except KeyError as e:
+        explanation = explain_dataset_error(names, e)
+        if explanation:
+            raise ValueError(f"Cannot load the training set {names}: {explanation}") from e
+        raise
+    except AssertionError as e:
+        if "empty" not in str(e) and "No valid data" not in str(e):
+            raise
+        dicts = []
+    if isinstance(dicts, list) and not dicts:
+        hint = ""
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            hint = " (DATALOADER.FILTER_EMPTY_ANNOTATIONS removed every image without a non-crowd annotation)"
+        raise ValueError(f"The training set {names} has no images{hint}: check the dataset's registration and files")
+    return dicts
+
+
+def _sampler_factory(cfg: CfgNode, dicts: list[dict]) -> Callable[[int], Sampler] | None:
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name == "TrainingSampler":
+        return lambda seed: TrainingSampler(len(dicts), shuffle=True, seed=seed)
+    if name == "RepeatFactorTrainingSampler":
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+        )
+        return lambda seed: RepeatFactorTrainingSampler(factors, seed=seed)
+    if name == "RandomSubsetTrainingSampler":
+        ratio = cfg.DATALOADER.RANDOM_SUBSET_RATIO
+        return lambda seed: RandomSubsetTrainingSampler(len(dicts), ratio, seed_shuffle=seed, seed_subset=seed)
+    return None
+
+
+def build_resumable_train_loader(cfg: CfgNode, mapper: Callable, num_classes: int | None = None):
+    """The training loader for ``cfg``: a :class:`ResumableTrainLoader`, or detectron2's loader
+    (with a warning: no exact resume) for a sampler it does not support.
+
+    ``num_classes``: if given, every annotation's category id is checked against it first.
+    """
+    dicts = load_train_dataset_dicts(cfg)
+    if not isinstance(dicts, list):  # a registered torch Dataset: no dicts to index
+        logger.warning("The training set is a torch Dataset: using detectron2's loader (resume restarts its stream)")
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+    if num_classes is not None:
+        check_category_ids(dicts, num_classes, cfg.DATASETS.TRAIN)
+    make_sampler = _sampler_factory(cfg, dicts)
+    if make_sampler is None:
+        logger.warning(
+            f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r}: using detectron2's loader, whose data "
+            f"stream restarts on resume (exact resume supports {', '.join(SUPPORTED_SAMPLERS)})"
+        )
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+    world_size = comm.get_world_size()
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total < 1 or total % world_size:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of the {world_size} workers")
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    return ResumableTrainLoader(
+        dicts,
+        mapper,
+        make_sampler=make_sampler,
+        seed=seed,
+        batch_size=total // world_size,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

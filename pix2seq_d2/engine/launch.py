@@ -1,0 +1,89 @@
+"""The errors that mean a user's file or setting is wrong, and the command-line wrapper that prints
+them as one ``error: ...`` line (exit status 1) instead of a traceback (``tools/*.py`` use it);
+the training scripts' shared arguments and checked ``launch``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import pickle
+import sys
+from collections.abc import Callable
+
+from detectron2.engine import default_argument_parser, launch
+
+from pix2seq_d2.checkpoint.file_checks import NotACheckpointError
+from pix2seq_d2.checkpoint.resume import ResumeCheckpointError
+from pix2seq_d2.config.checks import ConfigError
+from pix2seq_d2.conversion import ConversionError, TFCheckpointError
+from pix2seq_d2.data.datasets.coco import CocoJsonError
+from pix2seq_d2.data.input_checks import BadInputError, ConfigKeyError
+
+from .distributed import leave_process_group
+
+# pickle.UnpicklingError covers a checkpoint refused by the weights-only loader (UntrustedCheckpointError).
+USER_ERRORS = (
+    BadInputError,
+    CocoJsonError,
+    ConfigError,
+    ConfigKeyError,
+    ConversionError,
+    FileNotFoundError,
+    NotACheckpointError,
+    ResumeCheckpointError,
+    TFCheckpointError,
+    pickle.UnpicklingError,
+)
+
+
+def run_command(main: Callable[[], object]) -> int:
+    """Run ``main()``; a user error is printed as ``error: ...`` on stderr -> exit status 1, else 0."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_train_args(argv: list[str] | None, output_dir_key: str, example_configs: str) -> argparse.Namespace:
+    """detectron2's training arguments plus ``--resume-newest-intact``; a missing ``--config-file`` is
+    a usage error naming ``example_configs`` (detectron2's defaults would otherwise build a GPU
+    Mask R-CNN and fail on the missing driver). ``output_dir_key``: where the script's config keeps
+    its output folder (for the help text)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--resume-newest-intact",
+        action="store_true",
+        help=f"like --resume; if the checkpoint named in {output_dir_key}/last_checkpoint is missing or corrupt, "
+        "resume from the newest intact model_*.pth there (logged; nothing is deleted)",
+    )
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error(f"--config-file is required: e.g. {example_configs}")
+    return args
+
+
+def _run_worker(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> object:
+    """One launched worker: ``main(args)``, then a clean exit from the process group (see
+    :func:`~pix2seq_d2.engine.distributed.leave_process_group`)."""
+    results = main(args)
+    leave_process_group()
+    return results
+
+
+def launch_command(main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """detectron2's ``launch`` of ``main(args)`` on ``args.num_gpus`` workers per machine (each leaves
+    the process group cleanly after a completed run), under :func:`run_command`: a user error is one
+    ``error:`` line and exit status 1."""
+    print("Command Line Args:", args)
+    return run_command(
+        lambda: launch(
+            functools.partial(_run_worker, main),
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    )

@@ -1,0 +1,1 @@
+"""pix2seq_d2/modeling/meta_arch"""

@@ -18,6 +18,10 @@ cached decoder step at the first and at the last position of a full sequence
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import itertools
 import logging
@@ -29,8 +33,9 @@ from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
 from pix2seq_d2.analysis.flops import ModelFlops, format_count, model_flops, parameter_counts, table
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config, prepare_config
+from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
 from pix2seq_d2.engine.launch import run_command
 
 TASKS = ("parameter", "flop")
@@ -88,7 +93,7 @@ def flop_table(flops: ModelFlops) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Print the tables of the chosen tasks; returns ``{"parameter": counts, "flop": ModelFlops}``."""
     args = get_parser().parse_args(argv)
-    cfg = load_tool_config(args.config_file, args.opts)
+    cfg = prepare_config(load_config(args.config_file, args.opts), for_training=False)
     cfg.freeze()
     model = build_analyzed_model(cfg)
     results: dict = {}

@@ -11,6 +11,10 @@ table (and writes it as json with ``--output``).
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import json
 
@@ -21,8 +25,8 @@ from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
 from pix2seq_d2.analysis.positions import PositionStats
-from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import load_inference_weights
+from pix2seq_d2.config import load_config
 
 
 def ground_truth_by_file(dataset_name: str) -> dict[str, torch.Tensor]:

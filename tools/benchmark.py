@@ -21,6 +21,10 @@ detectron2's ``iter_benchmark``.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import itertools
 import sys
@@ -36,10 +40,11 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import EventStorage
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.resumable_loader import load_train_dataset_dicts
 from pix2seq_d2.engine.amp import MixedPrecisionTrainer
-from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
 from pix2seq_d2.engine.launch import run_command
 
 TASKS = ("train", "eval", "data")
@@ -167,7 +172,7 @@ def report(task: str, cfg: CfgNode, result: dict, args: argparse.Namespace) -> s
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark of ``--task``; prints one summary line and returns its numbers."""
     args = get_parser().parse_args(argv)
-    cfg = load_tool_config(args.config_file, args.opts)
+    cfg = prepare_config(load_config(args.config_file, args.opts), for_training=False)
     cfg.freeze()
     if args.task == "train":
         result = benchmark_train(cfg, args.iters, args.warmup, args.cached)

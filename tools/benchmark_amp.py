@@ -15,6 +15,10 @@ images/s, peak GPU memory, and the AMP / float32 ratio.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import copy
 import os
@@ -25,9 +29,9 @@ import torch
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqTokenizer
-from pix2seq_d2.config.defaults import load_config
-from pix2seq_d2.engine.amp import amp_dtype
+from pix2seq_d2.config import load_config
 from pix2seq_d2.solver.build import build_optimizer
+from pix2seq_d2.solver.precision import amp_dtype
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

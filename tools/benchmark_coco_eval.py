@@ -22,22 +22,24 @@ fails if it exceeds ``--tolerance``.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import contextlib
 import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pix2seq_d2.data.datasets.shapes import default_shapes_root, shapes_split_paths  # noqa: E402
-from pix2seq_d2.evaluation.coco_evaluation import (  # noqa: E402
+from pix2seq_d2.data.datasets.shapes import default_shapes_root, shapes_split_paths
+from pix2seq_d2.evaluation.coco_evaluation import (
     BACKENDS,
     build_cocoeval,
     faster_coco_eval_available,

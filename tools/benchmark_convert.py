@@ -13,6 +13,10 @@ official_resnet``), widened to the config's sizes and layer counts.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import os
 import re
@@ -26,11 +30,9 @@ from detectron2.modeling import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from tests.tf_checkpoint_writer import write_tf_checkpoint_arrays  # noqa: E402
-
-import pix2seq_d2  # noqa: E402, F401
-from pix2seq_d2.config.defaults import load_config  # noqa: E402
+from pix2seq_d2.config import load_config  # noqa: E402
 from pix2seq_d2.conversion import convert_checkpoint, write_converted  # noqa: E402
+from tests.helpers.tf_checkpoint_writer import write_tf_checkpoint_arrays  # noqa: E402
 
 TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "pix2seq_official", "official_resnet")
 

@@ -18,13 +18,17 @@ and the ratios of (c) to (a) and (b).
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import time
 
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.modeling.decoding import DecodingOptions, decode, grammar_masks
 from pix2seq_d2.modeling.transformer import TokenDecoder, sine_position_encoding
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer

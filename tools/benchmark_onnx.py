@@ -25,6 +25,10 @@ images/s of both and their ratio, and whether the tokens are identical.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import dataclasses
 import tempfile
@@ -33,8 +37,8 @@ import time
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import load_inference_weights
+from pix2seq_d2.config import load_config
 from pix2seq_d2.export.exporter import ONNX_EXPORTERS, OnnxPix2SeqRunner, export_image_size, export_onnx
 
 

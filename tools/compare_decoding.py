@@ -12,14 +12,18 @@ standard ``COCOEvaluator`` on ``DATASETS.TEST``. Prints a markdown table.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import time
 
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import load_inference_weights
+from pix2seq_d2.config import load_config
 
 D = "MODEL.PIX2SEQ.DECODE."
 SETTINGS: dict[str, list] = {

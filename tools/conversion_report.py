@@ -12,6 +12,10 @@ assert the same stages against a 1e-4 bar; this prints the numbers for the READM
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import glob
 import os
@@ -23,7 +27,6 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-import pix2seq_d2  # noqa: F401  (registers the backbones and the meta-architecture)
 from pix2seq_d2.conversion import convert_checkpoint
 from pix2seq_d2.modeling.decoding import DecodingOptions, decode
 

@@ -22,15 +22,16 @@ OUTPUT.yaml builds is filled with the right shape, otherwise nothing is written 
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import pix2seq_d2  # noqa: E402, F401  (registers the backbones and the meta-architecture)
-from pix2seq_d2.conversion import (  # noqa: E402
+from pix2seq_d2.conversion import (
     SOURCES,
     ConversionError,
     ConvertedCheckpoint,

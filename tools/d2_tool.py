@@ -31,6 +31,10 @@ The PyPI build of detectron2 ships the scripts in ``.venv/share/detectron2/tools
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import os
 import re
@@ -39,9 +43,10 @@ import sys
 
 from detectron2.config import CfgNode
 
-from pix2seq_d2.config.defaults import load_config
-from pix2seq_d2.engine.d2_script_patches import installed, load_tool_config
+from pix2seq_d2.config import load_config, prepare_config
+from pix2seq_d2.engine.d2_script_patches import installed
 from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.utils.errors import MissingFileError
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
 
@@ -78,10 +83,8 @@ def config_overrides(argv: list[str], cfg: CfgNode) -> list[str]:
 def read_script_config(config_file: str, script_argv: list[str]) -> CfgNode:
     """The config the script will build (the file and the overrides at the end of its arguments), with
     its datasets registered and its auto settings resolved, as ``tools/train_net.py``'s setup does."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file} does not exist")
-    opts = config_overrides(script_argv, load_config(config_file))
-    return load_tool_config(config_file, opts if len(opts) % 2 == 0 else [])
+    opts = config_overrides(script_argv, load_config(config_file))  # a missing file: MissingFileError
+    return prepare_config(load_config(config_file, opts if len(opts) % 2 == 0 else []), for_training=False)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -100,7 +103,7 @@ def run_script(script: str, script_args: list[str], datasets_from: str | None = 
     """Register the datasets of the script's config, then run ``script`` as ``__main__`` with
     ``sys.argv = [script, *script_args]`` and the Pix2Seq replacements installed."""
     if not os.path.isfile(script):
-        raise FileNotFoundError(f"no detectron2 tool script at {script}")
+        raise MissingFileError(f"no detectron2 tool script at {script}")
     config_file = datasets_from or config_file_argument(script_args)
     if config_file and config_file.endswith(".yaml"):
         read_script_config(config_file, script_args)

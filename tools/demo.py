@@ -12,7 +12,7 @@ name when there is a single input. For ``--video-input``/``--webcam``, ``--outpu
 video file (``.mp4``: mp4v codec, ``.avi``: MJPG) or a folder that receives ``<name>.mp4``.
 OpenCV here is headless: there is no window, so ``--output`` is always required.
 
-Images are read with ``pix2seq_d2.data.input_checks.read_image_file``, like training and evaluation:
+Images are read with ``pix2seq_d2.data.image_io.read_image_file``, like training and evaluation:
 EXIF orientation applied, 16-bit pixels scaled to 8 bits (not clipped to white), alpha dropped,
 palette/grayscale expanded to colour.
 
@@ -26,6 +26,10 @@ file is (``pix2seq_d2.checkpoint.checkpointer.NotACheckpointError``).
 """
 
 from __future__ import annotations
+
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
 
 import argparse
 import glob
@@ -46,9 +50,11 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
-from pix2seq_d2.config.defaults import load_config
-from pix2seq_d2.data.input_checks import BadInputError, describe_file_start, read_image_file
+from pix2seq_d2.config import load_config
+from pix2seq_d2.data.image_io import BadInputError, read_image_file
 from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.utils.errors import MissingFileError
+from pix2seq_d2.utils.file_kinds import describe_file_start
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # both write and read back with opencv-python-headless
@@ -116,10 +122,10 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         else:
             matches = sorted(glob.glob(pattern))
             if not matches:
-                raise FileNotFoundError(f"--input {pattern!r}: no file matches this pattern")
+                raise MissingFileError(f"--input {pattern!r}: no file matches this pattern")
             paths += matches
     if not paths:
-        raise FileNotFoundError(f"no images found for --input {patterns}")
+        raise MissingFileError(f"no images found for --input {patterns}")
     return paths
 
 
@@ -216,7 +222,7 @@ def check_video_file(path: str) -> None:
     """A :class:`BadInputError` naming ``path`` if it is not a file OpenCV may read as a video: missing
     (``FileNotFoundError``), a folder, empty, or text (an HTML page, a git-lfs pointer, ...)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--video-input {path!r} is not a file")
+        raise MissingFileError(f"--video-input {path!r} is not a file")
     if os.path.isdir(path):
         raise BadInputError(f"cannot read video {path}: it is a folder (use --input for a folder of images)")
     try:

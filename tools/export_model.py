@@ -22,6 +22,10 @@ prints how many images got identical tokens and the largest box and score differ
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import os
 import sys
@@ -31,7 +35,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
 from pix2seq_d2.engine.launch import run_command
 from pix2seq_d2.engine.predictor import Pix2SeqPredictor

@@ -23,6 +23,10 @@ with the same weights, and on CPU workers DDP without device ids and a share of 
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import ast
 import difflib
 import json
@@ -45,15 +49,18 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.config.checks import ConfigError
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import ConfigError
 from pix2seq_d2.data.resumable_loader import ResumableTrainLoader
-from pix2seq_d2.engine.amp import MixedPrecisionTrainer, amp_dtype
-from pix2seq_d2.engine.distributed import ReplicaAgreementHook
+from pix2seq_d2.engine.amp import MixedPrecisionTrainer
+from pix2seq_d2.engine.distributed import with_checkpointed_weights
+from pix2seq_d2.engine.exact_resume import ExactResumeHook
+from pix2seq_d2.engine.hooks import EMAHook, ReplicaAgreementHook
 from pix2seq_d2.engine.launch import launch_command, parse_train_args
-from pix2seq_d2.engine.lazy import ExactResumeHook, with_checkpointed_weights
 from pix2seq_d2.engine.trainer import share_cpu_threads_among_workers
-from pix2seq_d2.modeling.ema import EMAHook, ModelEMA, use_ema_weights
+from pix2seq_d2.modeling.ema import ModelEMA, use_ema_weights
+from pix2seq_d2.solver.precision import amp_dtype
+from pix2seq_d2.utils.errors import MissingFileError
 
 logger = logging.getLogger("pix2seq_d2")
 
@@ -114,7 +121,7 @@ def load_lazy_config(config_file: str, overrides: list[str] = ()) -> DictConfig:
     """The LazyConfig ``config_file`` (a python config, or a config.yaml it saved) with the command line's
     ``key=value`` overrides."""
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file} does not exist")
+        raise MissingFileError(f"config file {config_file} does not exist")
     cfg = LazyConfig.load(config_file)
     require_entries(cfg, ("model", "dataloader", "train"), config_file)
     return apply_overrides(cfg, list(overrides))

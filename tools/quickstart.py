@@ -11,13 +11,17 @@ OUTPUT_DIR/quickstart_summary.json.
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import json
 import os
 import subprocess
 import sys
 import time
 
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.data.datasets.shapes import shapes_split_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

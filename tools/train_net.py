@@ -9,6 +9,10 @@ python tools/train_net.py --config-file configs/pix2seq_R50.yaml --eval-only MOD
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import json
 import os
 import sys
@@ -20,8 +24,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.engine.d2_script_patches import load_tool_config
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.engine.launch import launch_command, parse_train_args
 from pix2seq_d2.engine.trainer import share_cpu_threads_among_workers
 from pix2seq_d2.modeling.ema import use_ema_weights
@@ -29,8 +33,10 @@ from pix2seq_d2.modeling.ema import use_ema_weights
 
 def setup(args) -> CfgNode:
     # unknown keys: an error naming key and file; DATASETS.COCO registered (in every worker);
-    # NUM_CLASSES 0 -> the training set's classes (written to config.yaml)
-    cfg = load_tool_config(args.config_file, args.opts)
+    # NUM_CLASSES 0 -> the training set's classes (written to config.yaml); every setting checked
+    cfg = prepare_config(
+        load_config(args.config_file, args.opts), for_training=not args.eval_only, num_workers=comm.get_world_size()
+    )
     cfg.freeze()
     default_setup(cfg, args)
     # detectron2 sets up its own loggers; this package logs under "pix2seq_d2".

@@ -12,13 +12,17 @@ axis, above the box); the right panel lists the generated tokens with their prob
 See pix2seq_d2/analysis/beliefs.py. ``--output`` is a folder (``<image name>_beliefs.png`` each) or a
 ``.png`` file for a single input.
 
-Images are read like in training and in tools/demo.py (``pix2seq_d2.data.input_checks.read_image_file``:
+Images are read like in training and in tools/demo.py (``pix2seq_d2.data.image_io.read_image_file``:
 EXIF orientation, 16-bit scaled, alpha dropped). An image that cannot be read is logged with its name
 and skipped; after the others are drawn the run fails with an error listing the skipped files
 (``SkippedInputsError``: ``error: ...`` and exit status 1 on the command line, no traceback).
 """
 
 from __future__ import annotations
+
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
 
 import argparse
 import os
@@ -31,7 +35,7 @@ from tqdm import tqdm
 
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.analysis.beliefs import draw_beliefs, read_beliefs
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import load_config
 from pix2seq_d2.engine.launch import run_command
 
 

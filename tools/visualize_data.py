@@ -20,6 +20,10 @@ With multi-crop (``INPUT.MULTI_CROP.NUM_VIEWS`` > 1) every view is an example of
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import logging
 import os
@@ -35,8 +39,9 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqTokenizer, Pix2SeqTrainer
+from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.dataset_mapper import expand_views
-from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
 from pix2seq_d2.engine.launch import run_command
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_data")
@@ -172,7 +177,7 @@ def write_example(
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     """Write the first ``--num-images`` training examples; returns their (image, text) paths."""
     args = get_parser().parse_args(argv)
-    cfg = load_tool_config(args.config_file, args.opts)
+    cfg = prepare_config(load_config(args.config_file, args.opts), for_training=False)
     cfg.DATALOADER.NUM_WORKERS = 0  # a few examples: no worker processes
     cfg.freeze()
     tokenizer = Pix2SeqTokenizer.from_config(cfg)

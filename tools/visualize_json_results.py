@@ -21,6 +21,10 @@ it (all of them skipped: an error, the json is for another dataset).
 
 from __future__ import annotations
 
+import pix2seq_d2  # noqa: F401  (first: it keeps detectron2's import-time FutureWarnings off the console)
+
+# isort: split
+
 import argparse
 import json
 import logging
@@ -36,16 +40,18 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from pix2seq_d2.data.input_checks import read_image_file
-from pix2seq_d2.engine.d2_script_patches import load_tool_config, setup_tool_logging
+from pix2seq_d2.config import load_config, prepare_config
+from pix2seq_d2.data.image_io import read_image_file
+from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
 from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.utils.errors import UserError
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_json_results")
 
 _MAX_WARNED = 10  # skipped entries warned one by one
 
 
-class ResultsJsonError(ValueError):
+class ResultsJsonError(UserError, ValueError):
     """A results json that cannot be drawn; the message names the file and the entry."""
 
 
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Draw every image (up to ``--max-images``) of ``--dataset``; returns the written paths."""
     args = get_parser().parse_args(argv)
     if args.config_file:
-        load_tool_config(args.config_file, args.opts)
+        prepare_config(load_config(args.config_file, args.opts), for_training=False)
     if args.dataset not in DatasetCatalog:
         raise ResultsJsonError(f"dataset {args.dataset!r} is not registered (DATASETS.COCO of a --config-file "
                                "registers yours)")  # fmt: skip
@@ -191,11 +197,7 @@ def main(argv: list[str] | None = None) -> list[str]:
 def cli(argv: list[str] | None = None) -> int:
     """The command line: console logging, ``main``; a bad results json is ``error: ...`` and exit status 1."""
     setup_tool_logging()
-    try:
-        return run_command(lambda: main(argv))
-    except ResultsJsonError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(lambda: main(argv))
 
 
 if __name__ == "__main__":

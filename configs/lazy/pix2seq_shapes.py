@@ -11,8 +11,7 @@ It builds the same model as the yaml config (parameter for parameter) and trains
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import ResNet
 
-from pix2seq_d2.engine.lazy import small_resnet_stages
-from pix2seq_d2.modeling.backbone.small_resnet import ConvStem
+from pix2seq_d2.modeling.backbone.small_resnet import ConvStem, small_resnet_stages
 
 from .common.data.shapes import dataloader  # noqa: F401 (an entry of this config)
 from .common.models.pix2seq import model

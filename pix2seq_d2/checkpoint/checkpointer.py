@@ -17,11 +17,9 @@
   or sequence length (``MAX_OBJECTS``) differs from the model's is an error naming those
   keys, instead of detectron2's warning and silently re-initialised embeddings.
 * **Files that are not checkpoints** are named as such before torch or pickle reads them
-  (:class:`NotACheckpointError`; :mod:`pix2seq_d2.checkpoint.file_checks`, which also reads files safely).
+  (:class:`~.file_checks.NotACheckpointError`, :mod:`.file_checks`; files are read by :mod:`.weights_only`).
 * **Resume from a damaged folder** names the corrupt newest checkpoint and the newest intact one, or
-  resumes from that one (:class:`ResumeCheckpointError`; :mod:`pix2seq_d2.checkpoint.resume`).
-
-The public names of both modules are importable from here too.
+  resumes from that one (:class:`~.resume.ResumeCheckpointError`; :mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -29,95 +27,35 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import secrets
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from pix2seq_d2.utils.file_io import TMP_SUFFIX, atomic_write
+
 from .file_checks import (
-    _CONVERTER,
-    _MODEL_LEVEL_KINDS,
-    CHECKPOINT_PROBLEMS,
-    TRUST_ENV_VAR,
+    CONVERTER_COMMAND,
+    MODEL_LEVEL_KINDS,
     NotACheckpointError,
-    UntrustedCheckpointError,
-    _check_path_kind,
-    _check_weights,
-    _fail,
-    _read_pickle,
-    _shown,
-    _torch_load_weights,
     check_checkpoint_file,
+    check_path_kind,
+    not_a_checkpoint,
+    shown_names,
+)
+from .resume import numbered_checkpoints, resolve_resume, resume_newest_intact_default
+from .weights_only import (
+    UntrustedCheckpointError,
+    check_weights,
     checkpoints_trusted,
-    read_checkpoint_file,
-    safe_pickle_load,
-)
-from .resume import (
-    RESUME_NEWEST_INTACT_ENV_VAR,
-    ResumeCheckpointError,
-    _numbered_checkpoints,
-    _resolve_resume,
-    resolve_resume_checkpoint,
-    resume_newest_intact_default,
+    read_pickle_file,
+    torch_load_weights_only,
 )
 
-__all__ = [
-    "CHECKPOINT_PROBLEMS",
-    "Pix2SeqCheckpointer",
-    "NotACheckpointError",
-    "ResumeCheckpointError",
-    "UntrustedCheckpointError",
-    "atomic_write",
-    "check_checkpoint_file",
-    "checkpoints_trusted",
-    "load_inference_weights",
-    "read_checkpoint_file",
-    "resolve_resume_checkpoint",
-    "resume_newest_intact_default",
-    "safe_pickle_load",
-    "to_weights_only",
-    "RESUME_NEWEST_INTACT_ENV_VAR",
-    "TRUST_ENV_VAR",
-]
-
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem can open or sync a folder
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Create or replace ``path`` with what ``write(f)`` writes, all or nothing.
-
-    The data go to ``.<name>.<pid>.<random>.tmp`` in the same folder, are fsync'ed, and the
-    file is renamed over ``path`` (atomic on POSIX and Windows); on any error the temporary
-    file is removed and ``path`` is untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
+__all__ = ["Pix2SeqCheckpointer", "load_inference_weights", "to_weights_only"]
 
 def to_weights_only(obj: Any) -> Any:
     """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, so that
@@ -203,8 +141,8 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         """Delete temporary files left in ``save_dir`` by a save that crashed; returns their paths."""
         folder = glob.escape(self.save_dir)
         stale = [
-            *glob.glob(os.path.join(folder, f".*.pth.*{_TMP_SUFFIX}")),
-            *glob.glob(os.path.join(folder, f".last_checkpoint.*{_TMP_SUFFIX}")),
+            *glob.glob(os.path.join(folder, f".*.pth.*{TMP_SUFFIX}")),
+            *glob.glob(os.path.join(folder, f".last_checkpoint.*{TMP_SUFFIX}")),
         ]
         for p in stale:
             with contextlib.suppress(OSError):
@@ -217,7 +155,7 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         is a :class:`NotACheckpointError` saying so (the file's content is checked in ``_load_file``)."""
         if path and "://" not in path:
             local = path if os.path.exists(path) else urlparse(path)._replace(query="").geturl()
-            _check_path_kind(local)
+            check_path_kind(local)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
@@ -231,7 +169,8 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pyth"):  # pycls
             data = self._torch_load(filename)
             if not isinstance(data, Mapping) or "model_state" not in data:
-                raise _fail(filename, "not-weights", "not a pycls checkpoint (pycls files hold 'model_state')")
+                what = "not a pycls checkpoint (pycls files hold 'model_state')"
+                raise not_a_checkpoint(filename, "not-weights", what)
             state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if filename.endswith(".pkl"):  # a torch.save file named .pkl: read it as one
@@ -240,8 +179,8 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)  # DetectionCheckpointer -> self._torch_load, then URL queries
 
     def _load_pickle(self, filename: str) -> dict[str, Any]:
-        data = _read_pickle(filename, self.trusted)
-        _check_weights(filename, data.get("blobs", data) if isinstance(data, Mapping) else data)
+        data = read_pickle_file(filename, self.trusted)
+        check_weights(filename, data.get("blobs", data) if isinstance(data, Mapping) else data)
         if "model" in data and "__author__" in data:  # detectron2 model zoo
             self.logger.info(f"Reading a file from '{data['__author__']}'")
             return data
@@ -250,8 +189,8 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _torch_load(self, f: str) -> dict[str, Any]:
-        loaded = _torch_load_weights(f, self.trusted)
-        _check_weights(f, loaded)
+        loaded = torch_load_weights_only(f, self.trusted)
+        check_weights(f, loaded)
         return loaded
 
     def _load_model(self, checkpoint: Any):
@@ -270,22 +209,22 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
             return
         path = self._loading or "(checkpoint)"
         if any(k.startswith(("transformer.", "backbone.0.body.", "class_embed.", "bbox_embed.")) for k in keys):
-            raise _fail(
-                path, "detr", f"a DETR-style checkpoint (keys such as {_shown(keys, 3)}), not a pix2seq_d2 one",
-                f"A Pretrained-Pix2Seq checkpoint converts with {_CONVERTER} --source pretrained_pix2seq {path} "
+            raise not_a_checkpoint(
+                path, "detr", f"a DETR-style checkpoint (keys such as {shown_names(keys, 3)}), not a pix2seq_d2 one",
+                f"A Pretrained-Pix2Seq checkpoint converts with {CONVERTER_COMMAND} --source pretrained_pix2seq {path} "
                 "--output OUT.pth; other DETR-family models cannot be loaded into Pix2Seq.",
             )  # fmt: skip
         nested = next((k for k in ("state_dict", "model_state_dict", "weights", "params") if k in state), None)
         if nested is not None and isinstance(state[nested], Mapping):
-            raise _fail(
+            raise not_a_checkpoint(
                 path, "foreign", f"a training checkpoint of another framework (e.g. PyTorch Lightning) whose weights "
-                f"are under {nested!r}, with keys such as {_shown([str(k) for k in state[nested]], 3)}",
+                f"are under {nested!r}, with keys such as {shown_names([str(k) for k in state[nested]], 3)}",
                 f"If they are pix2seq_d2 weights, save them as ours: torch.save({{'model': ckpt[{nested!r}]}}, "
                 "'OUT.pth') after removing any key prefix (such as 'model.').",
             )  # fmt: skip
-        raise _fail(
+        raise not_a_checkpoint(
             path, "foreign", f"a state dict of another model: none of its {len(keys)} tensors is a parameter of "
-            f"this one (its keys: {_shown(keys, 3)}; the model's: {_shown(list(own), 3)})",
+            f"this one (its keys: {shown_names(keys, 3)}; the model's: {shown_names(list(own), 3)})",
             "Check MODEL.WEIGHTS and the config (MODEL.META_ARCHITECTURE, MODEL.BACKBONE.NAME); for another "
             "implementation's Pix2Seq use tools/convert_pix2seq_checkpoint.py.",
         )  # fmt: skip
@@ -296,14 +235,14 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         without it: resuming then names the problem instead of starting over and overwriting them."""
         if super().has_checkpoint():
             return True
-        return self._local_save_dir() and bool(self.save_dir) and bool(_numbered_checkpoints(self.save_dir))
+        return self._local_save_dir() and bool(self.save_dir) and bool(numbered_checkpoints(self.save_dir))
 
     def get_checkpoint_file(self) -> str:
         """The checkpoint to resume from (:func:`resolve_resume_checkpoint`, without the final load, which
         ``resume_or_load`` does); "" when there is none."""
         if not self._local_save_dir():
             return super().get_checkpoint_file()
-        return _resolve_resume(self.save_dir, self.resume_newest_intact, self.trusted, verify_named=False) or ""
+        return resolve_resume(self.save_dir, self.resume_newest_intact, self.trusted, verify_named=False) or ""
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """detectron2's ``resume_or_load``; with ``resume``, a missing or corrupt checkpoint named in
@@ -315,10 +254,10 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         try:
             return self.load(target)
         except (NotACheckpointError, UntrustedCheckpointError) as e:
-            if isinstance(e, NotACheckpointError) and e.kind in _MODEL_LEVEL_KINDS:
+            if isinstance(e, NotACheckpointError) and e.kind in MODEL_LEVEL_KINDS:
                 raise  # the file is fine; the model is not the one it was saved from
             # damaged in a way only reading it all shows: the model was not touched (files load before weights)
-            fallback = _resolve_resume(
+            fallback = resolve_resume(
                 self.save_dir, self.resume_newest_intact, self.trusted, verify_named=False, known_problem=e
             )
             return self.load(fallback)

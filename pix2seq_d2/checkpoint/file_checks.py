@@ -1,104 +1,44 @@
-"""What a file given as a checkpoint is, and reading one safely (before and without running its code).
+"""What a file given as a checkpoint is, told before torch or pickle reads it.
 
-* **Files that are not checkpoints.** Every file given as a checkpoint (``MODEL.WEIGHTS`` in
-  training, ``--eval-only``, :func:`~pix2seq_d2.checkpoint.checkpointer.load_inference_weights` for the predictor
-  and the tools, ``--resume``) is inspected by its size and first/last bytes *before* torch or pickle
-  reads it (:func:`check_checkpoint_file`). Missing, empty, text (an HTML/XML page from a failed
-  download, a git-lfs pointer, a YAML config), truncated or corrupt zip, TensorFlow
-  checkpoints, safetensors/ONNX/HDF5/NumPy/archives/images and unknown binary data raise
-  :class:`NotACheckpointError` (a ``ValueError``) naming the file, saying what it is and what
-  to do. After loading, a file with Pretrained-Pix2Seq or DETR-style keys, or none of the
-  model's keys, is the same error (pointing to ``tools/convert_pix2seq_checkpoint.py`` where
-  it applies); the kinds are listed in :data:`CHECKPOINT_PROBLEMS`.
-* **Weights-only reading.** ``.pth`` files are read with ``torch.load(weights_only=True)``;
-  detectron2 / Caffe2 ``.pkl`` model-zoo files with an unpickler that only builds numpy arrays and
-  basic containers (:func:`safe_pickle_load`). A file that needs anything else is refused
-  (:class:`UntrustedCheckpointError`) unless ``PIX2SEQ_TRUST_CHECKPOINTS=1``
-  (:func:`checkpoints_trusted`). :func:`read_checkpoint_file` does both: check, then load.
+Every file given as a checkpoint (``MODEL.WEIGHTS`` in training, ``--eval-only``, the predictor and the
+tools, ``--resume``) is inspected by its size and first/last bytes (:func:`check_checkpoint_file`).
+Missing, empty, text (an HTML/XML page from a failed download, a git-lfs pointer, a YAML config),
+truncated or corrupt zip, TensorFlow checkpoints, safetensors/ONNX/HDF5/NumPy/archives/images and
+unknown binary data raise :class:`NotACheckpointError` (a :class:`~pix2seq_d2.utils.errors.UserError`)
+naming the file, saying what it is and what to do. After loading, a file with Pretrained-Pix2Seq or
+DETR-style keys, or none of the model's keys, is the same error (pointing to
+``tools/convert_pix2seq_checkpoint.py`` where it applies); the kinds are listed in
+:data:`CHECKPOINT_PROBLEMS`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import os
-import pickle
-import pickletools
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
-from typing import IO, Any
 
-import torch
-from detectron2.utils.file_io import PathManager
-
-from pix2seq_d2.data.input_checks import describe_file_start
+from pix2seq_d2.utils.errors import UserError
+from pix2seq_d2.utils.file_kinds import describe_file_start
 
 __all__ = [
     "CHECKPOINT_PROBLEMS",
+    "CONVERTER_COMMAND",
+    "MODEL_LEVEL_KINDS",
     "NotACheckpointError",
-    "UntrustedCheckpointError",
     "check_checkpoint_file",
-    "checkpoints_trusted",
-    "read_checkpoint_file",
-    "safe_pickle_load",
-    "TRUST_ENV_VAR",
+    "check_path_kind",
+    "checkpoint_files_in",
+    "crc_problem",
+    "not_a_checkpoint",
+    "pretrained_pix2seq_error",
+    "shown_names",
 ]
 
-TRUST_ENV_VAR = "PIX2SEQ_TRUST_CHECKPOINTS"
 
-
-class UntrustedCheckpointError(pickle.UnpicklingError):
-    """A checkpoint that holds more than weights (arbitrary pickled objects) and was not trusted."""
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def checkpoints_trusted() -> bool:
-    """Whether ``PIX2SEQ_TRUST_CHECKPOINTS`` allows loading arbitrary pickles."""
-    return _env_flag(TRUST_ENV_VAR)
-
-
-# Globals a model-zoo pickle may reference: numpy array/scalar reconstruction and OrderedDict.
-_SAFE_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # how Python 3 pickles bytes for protocol 2
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_PICKLE_GLOBALS:
-            return super().find_class(module, name)
-        raise UntrustedCheckpointError(f"it references {module}.{name}, which is not a numpy array or container")
-
-
-def safe_pickle_load(f: IO[bytes]) -> Any:
-    """Unpickle a detectron2/Caffe2 model-zoo ``.pkl`` (numpy arrays in dicts), building nothing else."""
-    return _ArraysOnlyUnpickler(f, encoding="latin1").load()
-
-
-def _refusal(path: str, reason: str) -> str:
-    return (
-        f"Refused to load {path}: it is not weights-only ({reason}). Loading it could run arbitrary code. "
-        f"If you trust this file, set the environment variable {TRUST_ENV_VAR}=1 to load it anyway."
-    )
-
-
-# ---- files that are not checkpoints ---------------------------------------------------------------
-class NotACheckpointError(ValueError):
+class NotACheckpointError(UserError, ValueError):
     """A file given as a checkpoint that is not a (usable) one. The message names the file, says what it
     is and what to do; ``path`` is the file and ``kind`` one of :data:`CHECKPOINT_PROBLEMS`."""
 
@@ -131,48 +71,48 @@ CHECKPOINT_PROBLEMS = {
     "other-format": "safetensors, ONNX, HDF5, NumPy, an archive, an image, a video, a PDF, TF Lite/protobuf",
     "unknown": "binary data of no known checkpoint format",
 }
-_MODEL_LEVEL_KINDS = ("pretrained_pix2seq", "detr", "foreign")
+MODEL_LEVEL_KINDS = ("pretrained_pix2seq", "detr", "foreign")
 _TF_INDEX_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # the last 8 bytes of a TF checkpoint .index
 _TF_DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
-_CONVERTER = "python tools/convert_pix2seq_checkpoint.py"
-_MAX_SCANNED_PICKLE = 64 << 20  # bytes of a torch zip's data.pkl searched for foreign key names
+CONVERTER_COMMAND = "python tools/convert_pix2seq_checkpoint.py"
+MAX_SCANNED_PICKLE = 64 << 20  # bytes of a torch zip's data.pkl searched for foreign key names
 _PRETRAINED_PIX2SEQ_KEYS = (b"transformer.vocal_classifier.", b"transformer.vocal_embed.", b"transformer.det_embed.")
 
 
-def _fail(path: str, kind: str, what: str, hint: str = "") -> NotACheckpointError:
+def not_a_checkpoint(path: str, kind: str, what: str, hint: str = "") -> NotACheckpointError:
     message = f"Cannot load checkpoint {path}: it is {what}."
     return NotACheckpointError(path, kind, message + (f" {hint}" if hint else ""), what)
 
 
 def _tensorflow(path: str, what: str, source: str | None = None) -> NotACheckpointError:
-    return _fail(
+    return not_a_checkpoint(
         path, "tensorflow", what + " (google-research/pix2seq's official format), which pix2seq_d2 does not read "
         "directly",
-        f"Convert it first: {_CONVERTER} --source official {source or path} --output OUT.pth, then use OUT.pth as "
-        "MODEL.WEIGHTS with OUT.yaml as --config-file (it holds the architecture read from the checkpoint).",
+        f"Convert it first: {CONVERTER_COMMAND} --source official {source or path} --output OUT.pth, then use "
+        "OUT.pth as MODEL.WEIGHTS with OUT.yaml as --config-file (it holds the architecture read from the checkpoint).",
     )  # fmt: skip
 
 
-def _pretrained_pix2seq(path: str) -> NotACheckpointError:
-    return _fail(
+def pretrained_pix2seq_error(path: str) -> NotACheckpointError:
+    return not_a_checkpoint(
         path, "pretrained_pix2seq", "a Pretrained-Pix2Seq checkpoint (keys such as "
         "transformer.vocal_classifier.weight), whose layout is not pix2seq_d2's",
-        f"Convert it first: {_CONVERTER} --source pretrained_pix2seq {path} --output OUT.pth, then use OUT.pth "
+        f"Convert it first: {CONVERTER_COMMAND} --source pretrained_pix2seq {path} --output OUT.pth, then use OUT.pth "
         "as MODEL.WEIGHTS with OUT.yaml as --config-file.",
     )  # fmt: skip
 
 
-def _folder_files(folder: str, suffixes: tuple[str, ...] = (".pth", ".pkl")) -> list[str]:
+def checkpoint_files_in(folder: str, suffixes: tuple[str, ...] = (".pth", ".pkl")) -> list[str]:
     with contextlib.suppress(OSError):
         return sorted(n for n in os.listdir(folder) if n.endswith(suffixes) and not n.startswith("."))
     return []
 
 
-def _shown(names: list[str], limit: int = 6) -> str:
+def shown_names(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _check_path_kind(path: str) -> None:
+def check_path_kind(path: str) -> None:
     """Errors for a path that is not a regular file: missing, a TF prefix, a folder."""
     if os.path.isfile(path):
         return
@@ -182,22 +122,22 @@ def _check_path_kind(path: str) -> None:
         if os.path.isfile(os.path.join(path, "checkpoint")) or glob.glob(os.path.join(glob.escape(path), "*.index")):
             raise _tensorflow(path, "a folder holding a TensorFlow checkpoint")
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise _fail(
+            raise not_a_checkpoint(
                 path, "tensorflow", "a TensorFlow SavedModel folder",
-                f"Only TF training checkpoints (ckpt-N.index + .data-*) can be converted, with {_CONVERTER} "
+                f"Only TF training checkpoints (ckpt-N.index + .data-*) can be converted, with {CONVERTER_COMMAND} "
                 "--source official.",
             )  # fmt: skip
-        inside = _folder_files(path)
-        hint = f"It holds {_shown(inside)}: give one of them." if inside else "It holds no .pth or .pkl file."
+        inside = checkpoint_files_in(path)
+        hint = f"It holds {shown_names(inside)}: give one of them." if inside else "It holds no .pth or .pkl file."
         if os.path.isfile(os.path.join(path, "last_checkpoint")):
             hint += " To continue the training run in this folder, use it as OUTPUT_DIR with --resume."
-        raise _fail(path, "folder", "a folder, not a checkpoint file", hint)
+        raise not_a_checkpoint(path, "folder", "a folder, not a checkpoint file", hint)
     if os.path.exists(path):
-        raise _fail(path, "unknown", "not a regular file (a device, a pipe or a socket?)")
+        raise not_a_checkpoint(path, "unknown", "not a regular file (a device, a pipe or a socket?)")
     folder = os.path.dirname(path) or "."
     if os.path.isdir(folder):
-        nearby = _folder_files(folder)
-        where = f"; {folder} holds {_shown(nearby)}" if nearby else f"; {folder} holds no .pth or .pkl file"
+        nearby = checkpoint_files_in(folder)
+        where = f"; {folder} holds {shown_names(nearby)}" if nearby else f"; {folder} holds no .pth or .pkl file"
     else:
         where = f"; its folder {folder} does not exist either"
     raise NotACheckpointError(path, "missing", f"Checkpoint file not found: {path}{where}.", "missing (deleted?)")
@@ -210,7 +150,7 @@ def _zip_members(path: str) -> list[zipfile.ZipInfo]:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
-        raise _fail(
+        raise not_a_checkpoint(
             path, "truncated", f"a PyTorch checkpoint (zip format, {size:,} bytes) that is truncated or corrupt: its "
             f"zip directory, which is written last, cannot be read ({type(e).__name__}: {e})",
             "The file was cut short (an interrupted download, copy or save, or a full disk). Download or copy it "
@@ -218,15 +158,15 @@ def _zip_members(path: str) -> list[zipfile.ZipInfo]:
         ) from e  # fmt: skip
     damaged = [m.filename for m in members if m.header_offset + m.compress_size > size]
     if damaged:
-        raise _fail(
-            path, "truncated", f"a zip archive ({size:,} bytes) whose records {_shown(damaged, 3)} end past the end "
-            "of the file: truncated",
+        raise not_a_checkpoint(
+            path, "truncated", f"a zip archive ({size:,} bytes) whose records {shown_names(damaged, 3)} end past the "
+            "end of the file: truncated",
             "Download or copy it again.",
         )  # fmt: skip
     return members
 
 
-def _check_torch_zip(path: str) -> None:
+def _check_torch_zip(path: str, detect_layouts: bool = True) -> None:
     """A zip file: a PyTorch checkpoint (``<name>/data.pkl``), not TorchScript, an .npz or another archive,
     not a Pretrained-Pix2Seq state dict."""
     members = _zip_members(path)
@@ -237,28 +177,28 @@ def _check_torch_zip(path: str) -> None:
             what = "a NumPy .npz archive (arrays saved with numpy.savez), not a PyTorch checkpoint"
         else:
             inner = [n for n in names if n.endswith((".pth", ".pt", ".pkl", ".ckpt", ".index"))]
-            what = f"a zip archive that is not a PyTorch checkpoint (it holds {_shown(names, 4) or 'nothing'})"
+            what = f"a zip archive that is not a PyTorch checkpoint (it holds {shown_names(names, 4) or 'nothing'})"
             if inner:
                 what += f"; extract {inner[0]} from it first"
-        raise _fail(path, "not-torch-zip", what)
+        raise not_a_checkpoint(path, "not-torch-zip", what)
     if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
-        raise _fail(
+        raise not_a_checkpoint(
             path, "not-torch-zip", "a TorchScript archive (torch.jit.save), not a checkpoint of weights",
             "Save its weights instead: torch.save({'model': torch.jit.load(PATH).state_dict()}, 'OUT.pth').",
         )  # fmt: skip
-    if pickles[0].file_size <= _MAX_SCANNED_PICKLE:
+    if detect_layouts and pickles[0].file_size <= MAX_SCANNED_PICKLE:
         with zipfile.ZipFile(path) as archive:
             try:
                 structure = archive.read(pickles[0])
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-                raise _fail(
+                raise not_a_checkpoint(
                     path, "corrupt", f"a PyTorch checkpoint whose {pickles[0].filename} is damaged ({e})"
                 ) from e
         if any(key in structure for key in _PRETRAINED_PIX2SEQ_KEYS):
-            raise _pretrained_pix2seq(path)
+            raise pretrained_pix2seq_error(path)
 
 
-def _crc_problem(path: str) -> str | None:
+def crc_problem(path: str) -> str | None:
     """The first member of the zip at ``path`` whose data fail their CRC check (or cannot be read), or None."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -268,7 +208,7 @@ def _crc_problem(path: str) -> str | None:
     return None if bad is None else f"record {bad} fails its CRC check"
 
 
-def check_checkpoint_file(path: str) -> str:
+def check_checkpoint_file(path: str, *, detect_layouts: bool = True) -> str:
     """Inspect ``path`` (a local file or folder given as a checkpoint) by its size and magic bytes, before
     torch or pickle read anything. Returns how to read it: ``"torch"`` (PyTorch's zip format) or ``"pickle"``
     (a detectron2/Caffe2 ``.pkl``, or a legacy ``torch.save`` file).
@@ -279,9 +219,10 @@ def check_checkpoint_file(path: str) -> str:
     an archive), a TensorFlow checkpoint (``.index``, ``.data-*``, its prefix or folder: convert with
     ``tools/convert_pix2seq_checkpoint.py --source official``), a Pretrained-Pix2Seq checkpoint (convert
     with ``--source pretrained_pix2seq``), safetensors, ONNX, HDF5, NumPy, a compressed archive, an image,
-    or binary data of no known format.
+    or binary data of no known format. ``detect_layouts=False`` leaves a zip whose keys are another
+    release's layout alone (the converters read those files).
     """
-    _check_path_kind(path)
+    check_path_kind(path)
     size = os.path.getsize(path)
     try:
         with open(path, "rb") as f:
@@ -301,7 +242,7 @@ def check_checkpoint_file(path: str) -> str:
     described = describe_file_start(head, size)
     kind, what = described if described is not None else (None, "")
     if kind == "zip":
-        _check_torch_zip(path)
+        _check_torch_zip(path, detect_layouts)
         return "torch"
     if kind == "pickle" or (path.endswith(".pkl") and head[:1] in (b"(", b"}", b"]", b"c")):
         return "pickle"  # protocol 2+ pickle, or an old text-protocol .pkl (which looks like text)
@@ -331,7 +272,7 @@ def check_checkpoint_file(path: str) -> str:
         kind, what = "other-format", "a TensorFlow protobuf graph (.pb)"
     if kind is None:
         shown = " ".join(f"{b:02x}" for b in head[:16])
-        raise _fail(
+        raise not_a_checkpoint(
             path, "unknown", f"binary data of no checkpoint format pix2seq_d2 knows ({size:,} bytes starting with "
             f"{shown}): neither a PyTorch checkpoint (a zip archive) nor a pickle",
             "Is it the right file, complete and not encrypted?",
@@ -339,120 +280,4 @@ def check_checkpoint_file(path: str) -> str:
     public = {"onnx": "other-format", "safetensors": "other-format", "image": "other-format", "hdf5": "other-format",
               "numpy": "other-format", "archive": "other-format", "video": "other-format",
               "document": "other-format", "json": "text", "yaml": "text"}  # fmt: skip
-    raise _fail(path, public.get(kind, kind), what, hint)
-
-
-def _torch_load_weights(path: str, trusted: bool) -> Any:
-    """``torch.load`` on the CPU (weights-only unless ``trusted``; ``argparse.Namespace`` allowed, as
-    Pretrained-Pix2Seq/DETR files pickle their arguments), with corruption and refusals as clear errors."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=torch.device("cpu"), weights_only=not trusted)
-    except pickle.UnpicklingError as e:
-        problem = _crc_problem(path) if zipfile.is_zipfile(path) else None
-        if problem is not None:
-            raise _fail(path, "corrupt", f"a PyTorch checkpoint whose data are damaged: {problem}") from e
-        if trusted:
-            raise
-        raise UntrustedCheckpointError(_refusal(path, _refusal_reason(path, e))) from None
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as e:
-        problem = _crc_problem(path) if zipfile.is_zipfile(path) else None
-        if problem is None and zipfile.is_zipfile(path):
-            raise  # an intact file: not a problem of the file (e.g. out of memory)
-        detail = problem or f"torch.load cannot read it ({type(e).__name__}: {str(e).strip()[:200]})"
-        raise _fail(
-            path, "corrupt", f"a damaged or incomplete checkpoint: {detail}", "Download or copy it again."
-        ) from e
-
-
-def _holds_tensors(obj: Mapping, depth: int = 2) -> bool:
-    """Whether ``obj`` holds an array or tensor among its values, or (``depth`` > 1) in a dict among them."""
-    return any(
-        hasattr(v, "shape") or (depth > 1 and isinstance(v, Mapping) and _holds_tensors(v, depth - 1))
-        for v in obj.values()
-    )
-
-
-def _pickled_globals(path: str) -> list[str]:
-    """The classes and functions the main pickle of a torch zip checkpoint refers to (read with pickletools,
-    nothing is built); [] when it cannot be read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            member = next((m for m in archive.infolist() if m.filename.endswith("data.pkl")), None)
-            if member is None or member.file_size > _MAX_SCANNED_PICKLE:
-                return []
-            data = archive.read(member)
-        found, strings = [], []
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(arg)
-            elif opcode.name == "GLOBAL":
-                found.append(arg.replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-        return list(dict.fromkeys(found))
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error):
-        return []
-
-
-# Globals torch's weights-only unpickler builds by itself (tensor rebuilding, storages, containers).
-_TORCH_BUILT = ("torch._utils.", "torch.", "collections.OrderedDict", "argparse.Namespace", "_codecs.encode")
-
-
-def _refusal_reason(path: str, error: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` refused ``path``: the Python objects its pickle would build."""
-    objects = [g for g in _pickled_globals(path) if not g.startswith(_TORCH_BUILT) or g.startswith("torch.nn.modules.")]
-    if objects:
-        shown = _shown(objects, 4)
-        whole = " (a whole model saved with torch.save(model) instead of its state_dict?)" if any(
-            "nn.modules" in g or g.endswith(("Module", "Model")) for g in objects
-        ) else ""  # fmt: skip
-        return f"it pickles Python objects: {shown}{whole}"
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
-    return next((line for line in lines if line), type(error).__name__)
-
-
-def _check_weights(path: str, loaded: Any) -> None:
-    """A loaded checkpoint must be a dict of tensors (or ``{"model": ...}``), not Pretrained-Pix2Seq's layout."""
-    if not isinstance(loaded, Mapping):
-        raise _fail(path, "not-weights", f"a file holding a {type(loaded).__name__}, not a dict of weights")
-    state = loaded.get("model", loaded)
-    if not isinstance(state, Mapping):
-        raise _fail(path, "not-weights", f"a dict whose 'model' entry is a {type(state).__name__}, not a state dict")
-    if any(isinstance(k, str) and k.startswith("transformer.vocal_") for k in state):
-        raise _pretrained_pix2seq(path)
-    if not _holds_tensors(state):
-        keys = [str(k) for k in list(loaded)[:6]]
-        raise _fail(path, "not-weights", f"a dict without tensors (keys: {', '.join(keys) or 'none'})")
-
-
-def read_checkpoint_file(path: str, *, trusted: bool | None = None, verify_crc: bool = False) -> dict[str, Any]:
-    """Check (:func:`check_checkpoint_file`) and load a local checkpoint file as our loader does:
-    weights-only ``torch.load`` or the arrays-only unpickler for ``.pkl``. ``verify_crc`` also checks every
-    record of a zip checkpoint against its CRC (torch does not: a flipped bit would load silently).
-    Returns the loaded dict; raises :class:`NotACheckpointError` or :class:`UntrustedCheckpointError`."""
-    trusted = checkpoints_trusted() if trusted is None else trusted
-    fmt = check_checkpoint_file(path)
-    if fmt == "torch" and verify_crc:
-        problem = _crc_problem(path)
-        if problem is not None:
-            raise _fail(path, "corrupt", f"a PyTorch checkpoint whose data are damaged: {problem}")
-    if fmt == "pickle" and path.endswith(".pkl"):
-        loaded = _read_pickle(path, trusted)
-    else:
-        loaded = _torch_load_weights(path, trusted)
-    _check_weights(path, loaded.get("blobs", loaded) if isinstance(loaded, Mapping) else loaded)
-    return loaded
-
-
-def _read_pickle(path: str, trusted: bool) -> Any:
-    with PathManager.open(path, "rb") as f:
-        try:
-            return pickle.load(f, encoding="latin1") if trusted else safe_pickle_load(f)
-        except UntrustedCheckpointError as e:
-            raise UntrustedCheckpointError(_refusal(path, str(e))) from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-            raise _fail(
-                path, "corrupt", f"a pickle that cannot be read to its end ({type(e).__name__}: {e}): truncated or "
-                "corrupt", "Download or copy it again.",
-            ) from e  # fmt: skip
+    raise not_a_checkpoint(path, public.get(kind, kind), what, hint)

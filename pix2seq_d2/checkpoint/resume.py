@@ -17,17 +17,10 @@ import os
 import re
 from collections.abc import Mapping
 
-from .file_checks import (
-    NotACheckpointError,
-    UntrustedCheckpointError,
-    _crc_problem,
-    _env_flag,
-    _fail,
-    _folder_files,
-    check_checkpoint_file,
-    checkpoints_trusted,
-    read_checkpoint_file,
-)
+from pix2seq_d2.utils.errors import UserError
+
+from .file_checks import NotACheckpointError, check_checkpoint_file, checkpoint_files_in, crc_problem, not_a_checkpoint
+from .weights_only import UntrustedCheckpointError, checkpoints_trusted, env_flag, read_checkpoint_file
 
 __all__ = [
     "ResumeCheckpointError",
@@ -43,10 +36,10 @@ RESUME_NEWEST_INTACT_ENV_VAR = "PIX2SEQ_RESUME_NEWEST_INTACT"
 
 def resume_newest_intact_default() -> bool:
     """Whether ``PIX2SEQ_RESUME_NEWEST_INTACT`` asks ``--resume`` to skip a corrupt newest checkpoint."""
-    return _env_flag(RESUME_NEWEST_INTACT_ENV_VAR)
+    return env_flag(RESUME_NEWEST_INTACT_ENV_VAR)
 
 
-class ResumeCheckpointError(ValueError):
+class ResumeCheckpointError(UserError, ValueError):
     """``--resume`` cannot use the checkpoint named in ``last_checkpoint`` (missing or corrupt). The message
     names it and the newest intact checkpoint of the folder (``newest_intact``, None if there is none) and
     how to resume from that one."""
@@ -60,9 +53,9 @@ class ResumeCheckpointError(ValueError):
 _NUMBERED = re.compile(r"^model_(\d+)\.pth$")
 
 
-def _numbered_checkpoints(save_dir: str) -> list[str]:
+def numbered_checkpoints(save_dir: str) -> list[str]:
     """``model_<iteration>.pth`` and ``model_final.pth`` of ``save_dir``."""
-    names = [n for n in _folder_files(save_dir, (".pth",)) if _NUMBERED.match(n) or n == "model_final.pth"]
+    names = [n for n in checkpoint_files_in(save_dir, (".pth",)) if _NUMBERED.match(n) or n == "model_final.pth"]
     return [os.path.join(save_dir, n) for n in names]
 
 
@@ -94,7 +87,7 @@ def _newest_intact(save_dir: str, exclude: set[str], trusted: bool) -> tuple[str
     """The newest (by iteration) intact ``model_*.pth`` of ``save_dir`` not in ``exclude``, its iteration, and
     why newer ones are not intact. ``model_final.pth`` is placed by the iteration it holds."""
     numbered, final = [], None
-    for path in _numbered_checkpoints(save_dir):
+    for path in numbered_checkpoints(save_dir):
         if os.path.abspath(path) in exclude:
             continue
         match = _NUMBERED.match(os.path.basename(path))
@@ -129,15 +122,15 @@ def _named_problem(named: str, trusted: bool, verify_named: bool) -> Exception |
         if verify_named:
             read_checkpoint_file(named, trusted=trusted, verify_crc=True)
         elif check_checkpoint_file(named) == "torch":
-            crc = _crc_problem(named)
+            crc = crc_problem(named)
             if crc is not None:
-                raise _fail(named, "corrupt", f"a PyTorch checkpoint whose data are damaged: {crc}")
+                raise not_a_checkpoint(named, "corrupt", f"a PyTorch checkpoint whose data are damaged: {crc}")
     except (NotACheckpointError, UntrustedCheckpointError) as e:
         return e
     return None
 
 
-def _resolve_resume(
+def resolve_resume(
     save_dir: str, use_newest_intact: bool, trusted: bool, verify_named: bool, known_problem: Exception | None = None
 ) -> str | None:
     """See :func:`resolve_resume_checkpoint`. ``verify_named=False`` only inspects the named file (the caller
@@ -158,7 +151,7 @@ def _resolve_resume(
             problem = f"{named}, the checkpoint named in {last_file}, {_is(error)}"
         else:
             problem = f"{last_file}, which names the checkpoint to resume from, is empty or unreadable"
-    elif _numbered_checkpoints(save_dir):
+    elif numbered_checkpoints(save_dir):
         problem = f"{save_dir} holds checkpoints but no last_checkpoint file, which names the one to resume from"
     else:
         return None  # nothing to resume from: detectron2 starts from MODEL.WEIGHTS
@@ -211,4 +204,4 @@ def resolve_resume_checkpoint(save_dir: str, use_newest_intact: bool, *, trusted
     Nothing is deleted or rewritten. Raises :class:`ResumeCheckpointError` when no checkpoint is intact.
     """
     trusted = checkpoints_trusted() if trusted is None else trusted
-    return _resolve_resume(save_dir, use_newest_intact, trusted, verify_named=True)
+    return resolve_resume(save_dir, use_newest_intact, trusted, verify_named=True)

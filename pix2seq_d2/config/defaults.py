@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-# The channel orders INPUT.FORMAT may name (images are read and fed to the model in this order).
-IMAGE_FORMATS = ("BGR", "RGB")
-
 
 def add_pix2seq_config(cfg: CN) -> None:
     """Add the ``MODEL.PIX2SEQ`` and ``MODEL.SMALL_RESNET`` nodes (and a few solver keys) to ``cfg``."""
@@ -239,15 +236,3 @@ def add_pix2seq_config(cfg: CN) -> None:
     # paths are relative to the working directory. A broken json is an error naming the file and
     # the item; unusable boxes are skipped with a warning.
     cfg.DATASETS.COCO = []
-
-
-def load_config(config_file: str | None, opts: list | tuple = ()) -> CN:
-    """detectron2's defaults + :func:`add_pix2seq_config`, then ``config_file`` and ``opts``
-    (``KEY VALUE ...``); an unknown key is a ``ConfigKeyError`` naming it and its file. Not frozen."""
-    from detectron2.config import get_cfg
-
-    from pix2seq_d2.data.input_checks import merge_config_checked
-
-    cfg = get_cfg()
-    add_pix2seq_config(cfg)
-    return merge_config_checked(cfg, config_file, list(opts))

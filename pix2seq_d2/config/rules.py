@@ -17,17 +17,18 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from pix2seq_d2.data.image_io import IMAGE_FORMATS
 from pix2seq_d2.data.transforms import TEST_RESIZES
-from pix2seq_d2.engine.amp import PRECISIONS
 from pix2seq_d2.evaluation.coco_evaluation import BACKEND_CHOICES
 from pix2seq_d2.modeling.backbone.resnet import STEM_POOL_PADDINGS
 from pix2seq_d2.modeling.meta_arch.pix2seq import INPUT_PROJECTIONS, POSITION_ENCODINGS
 from pix2seq_d2.modeling.transformer import ACTIVATIONS
+from pix2seq_d2.solver.precision import PRECISIONS
 from pix2seq_d2.tasks.sequence_augmentation import CLASS_CORRUPTIONS
 from pix2seq_d2.tasks.tokenizer import SCORE_MODES, VOCABULARY_LAYOUT_REGISTRY
 from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS
 
-from .defaults import IMAGE_FORMATS
+from .problems import Problem
 
 __all__ = [
     "RULES",
@@ -40,9 +41,9 @@ __all__ = [
     "rule_table",
 ]
 
-_SMALL_RESNET = "build_small_resnet_backbone"
-_VIT = "build_pix2seq_vit_backbone"
-_PIX2SEQ_RESNET = "build_pix2seq_resnet_backbone"
+SMALL_RESNET_BACKBONE = "build_small_resnet_backbone"
+VIT_BACKBONE = "build_pix2seq_vit_backbone"
+PIX2SEQ_RESNET_BACKBONE = "build_pix2seq_resnet_backbone"
 
 
 # ---- value specs --------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False
 
 _POSITIVE = _num(0, lo_open=True)
 _FRACTION = _num(0, 1, hi_open=True)  # [0, 1)
-_P = "MODEL.PIX2SEQ."
+PIX2SEQ = "MODEL.PIX2SEQ."  # the prefix of the Pix2Seq keys
 
 
 def _layouts() -> list[str]:
@@ -203,80 +204,82 @@ def _layouts() -> list[str]:
 # fmt: off
 RULES: tuple[Rule, ...] = (
     # ---- MODEL.PIX2SEQ: vocabulary and sequences ----
-    Rule(_P + "NUM_CLASSES", _int(0), "dataset classes = len(thing_classes); 0: derived from DATASETS.TRAIN[0]"),
-    Rule(_P + "NUM_BINS", _int(2), "coordinate quantisation bins"),
-    Rule(_P + "TOKENIZER.LAYOUT", OneOf(_layouts), "vocabulary layout (VOCABULARY_LAYOUT_REGISTRY)"),
-    Rule(_P + "TOKENIZER.CATEGORY_IDS", Each(_int(0)), "dataset category id of each contiguous class"),
-    Rule(_P + "TOKENIZER.COORD_NORMALIZER", _int(0), "pixels coordinates are fractions of; 0: the image's size"),
-    Rule(_P + "MAX_OBJECTS", _int(1), "objects per training sequence; 0 leaves only EOS to learn", training_only=True),
-    Rule(_P + "MAX_OBJECTS_TEST", _int(1), "objects decoded per image"),
-    Rule(_P + "OBJECT_ORDER", OneOf(tuple(OBJECT_ORDERS)), "order of the objects in a sequence"),
-    Rule(_P + "MAX_SEQ_LEN", _int(0), "rows of the learned decoder positions; 0: sized from MAX_OBJECTS*"),
-    Rule(_P + "EOS_WEIGHT", _num(0), "loss weight of the EOS target", training_only=True),
+    Rule(PIX2SEQ + "NUM_CLASSES", _int(0), "dataset classes = len(thing_classes); 0: derived from DATASETS.TRAIN[0]"),
+    Rule(PIX2SEQ + "NUM_BINS", _int(2), "coordinate quantisation bins"),
+    Rule(PIX2SEQ + "TOKENIZER.LAYOUT", OneOf(_layouts), "vocabulary layout (VOCABULARY_LAYOUT_REGISTRY)"),
+    Rule(PIX2SEQ + "TOKENIZER.CATEGORY_IDS", Each(_int(0)), "dataset category id of each contiguous class"),
+    Rule(PIX2SEQ + "TOKENIZER.COORD_NORMALIZER", _int(0), "pixels coordinates are fractions of; 0: the image's size"),
+    Rule(PIX2SEQ + "MAX_OBJECTS", _int(1), "objects per training sequence; 0 leaves only EOS to learn",
+         training_only=True),
+    Rule(PIX2SEQ + "MAX_OBJECTS_TEST", _int(1), "objects decoded per image"),
+    Rule(PIX2SEQ + "OBJECT_ORDER", OneOf(tuple(OBJECT_ORDERS)), "order of the objects in a sequence"),
+    Rule(PIX2SEQ + "MAX_SEQ_LEN", _int(0), "rows of the learned decoder positions; 0: sized from MAX_OBJECTS*"),
+    Rule(PIX2SEQ + "EOS_WEIGHT", _num(0), "loss weight of the EOS target", training_only=True),
     # ---- sequence augmentation (training) ----
-    Rule(_P + "SEQ_AUG.ENABLED", Boolean(), "sequence augmentation on/off"),
-    Rule(_P + "SEQ_AUG.NOISE_CLASS_WEIGHT", _num(0), "loss weight of a noise object's class target",
-         when=_on(_P + "SEQ_AUG.ENABLED"), training_only=True),
-    Rule(_P + "SEQ_AUG.CLASS_CORRUPTION", OneOf(CLASS_CORRUPTIONS), "input class corruption",
-         when=_on(_P + "SEQ_AUG.ENABLED"), training_only=True),
-    Rule(_P + "SEQ_AUG.JITTER", _num(0), "noise-box edge shift, in box sizes",
-         when=_on(_P + "SEQ_AUG.ENABLED"), training_only=True),
-    Rule(_P + "SEQ_AUG.DUPLICATE_JITTER", _num(0), "duplicate-box edge shift, in box sizes",
-         when=_on(_P + "SEQ_AUG.ENABLED"), training_only=True),
+    Rule(PIX2SEQ + "SEQ_AUG.ENABLED", Boolean(), "sequence augmentation on/off"),
+    Rule(PIX2SEQ + "SEQ_AUG.NOISE_CLASS_WEIGHT", _num(0), "loss weight of a noise object's class target",
+         when=_on(PIX2SEQ + "SEQ_AUG.ENABLED"), training_only=True),
+    Rule(PIX2SEQ + "SEQ_AUG.CLASS_CORRUPTION", OneOf(CLASS_CORRUPTIONS), "input class corruption",
+         when=_on(PIX2SEQ + "SEQ_AUG.ENABLED"), training_only=True),
+    Rule(PIX2SEQ + "SEQ_AUG.JITTER", _num(0), "noise-box edge shift, in box sizes",
+         when=_on(PIX2SEQ + "SEQ_AUG.ENABLED"), training_only=True),
+    Rule(PIX2SEQ + "SEQ_AUG.DUPLICATE_JITTER", _num(0), "duplicate-box edge shift, in box sizes",
+         when=_on(PIX2SEQ + "SEQ_AUG.ENABLED"), training_only=True),
     # ---- transformer ----
-    Rule(_P + "INPUT_PROJ", OneOf(INPUT_PROJECTIONS), "backbone feature -> encoder width"),
-    Rule(_P + "POSITION_ENCODING", OneOf(POSITION_ENCODINGS), "image position encoding"),
-    Rule(_P + "USE_PADDING_MASK", Boolean(), "mask batch padding"),
-    Rule(_P + "PAD_TO_SQUARE", _int(0), "square canvas images are padded to; 0: none"),
-    Rule(_P + "PAD_VALUE", _num(), "value of padded pixels"),
-    Rule(_P + "HIDDEN_DIM", _int(1), "encoder width"),
-    Rule(_P + "NUM_HEADS", _int(1), "attention heads; the width is split among them"),
-    Rule(_P + "ENC_LAYERS", _int(0), "encoder layers"),
-    Rule(_P + "DEC_LAYERS", _int(1), "decoder layers"),
-    Rule(_P + "DIM_FEEDFORWARD", _int(1), "feed-forward width"),
-    Rule(_P + "DEC_HIDDEN_DIM", _int(0), "decoder width; 0: HIDDEN_DIM"),
-    Rule(_P + "DEC_NUM_HEADS", _int(0), "decoder attention heads; 0: NUM_HEADS"),
-    Rule(_P + "DEC_DIM_FEEDFORWARD", _int(0), "decoder feed-forward width; 0: DIM_FEEDFORWARD"),
-    Rule(_P + "MEMORY_PROJECTION", Boolean(), "the official encoder -> decoder block"),
-    Rule(_P + "ACTIVATION", OneOf(tuple(ACTIVATIONS)), "feed-forward activation"),
-    Rule(_P + "LAYER_NORM_EPS", _POSITIVE, "LayerNorm epsilon"),
-    Rule(_P + "DECODER_POSITIONS", OneOf(("learned", "none")), "decoder position embedding"),
-    Rule(_P + "DROPOUT", _FRACTION, "dropout probability; 1 drops everything"),
-    Rule(_P + "DROP_PATH", _FRACTION, "stochastic-depth probability; 1 drops every branch"),
-    Rule(_P + "PRE_NORM", Boolean(), "pre-norm layers"),
-    Rule(_P + "SHARE_EMBEDDING", Boolean(), "tie output projection and token embedding"),
+    Rule(PIX2SEQ + "INPUT_PROJ", OneOf(INPUT_PROJECTIONS), "backbone feature -> encoder width"),
+    Rule(PIX2SEQ + "POSITION_ENCODING", OneOf(POSITION_ENCODINGS), "image position encoding"),
+    Rule(PIX2SEQ + "USE_PADDING_MASK", Boolean(), "mask batch padding"),
+    Rule(PIX2SEQ + "PAD_TO_SQUARE", _int(0), "square canvas images are padded to; 0: none"),
+    Rule(PIX2SEQ + "PAD_VALUE", _num(), "value of padded pixels"),
+    Rule(PIX2SEQ + "HIDDEN_DIM", _int(1), "encoder width"),
+    Rule(PIX2SEQ + "NUM_HEADS", _int(1), "attention heads; the width is split among them"),
+    Rule(PIX2SEQ + "ENC_LAYERS", _int(0), "encoder layers"),
+    Rule(PIX2SEQ + "DEC_LAYERS", _int(1), "decoder layers"),
+    Rule(PIX2SEQ + "DIM_FEEDFORWARD", _int(1), "feed-forward width"),
+    Rule(PIX2SEQ + "DEC_HIDDEN_DIM", _int(0), "decoder width; 0: HIDDEN_DIM"),
+    Rule(PIX2SEQ + "DEC_NUM_HEADS", _int(0), "decoder attention heads; 0: NUM_HEADS"),
+    Rule(PIX2SEQ + "DEC_DIM_FEEDFORWARD", _int(0), "decoder feed-forward width; 0: DIM_FEEDFORWARD"),
+    Rule(PIX2SEQ + "MEMORY_PROJECTION", Boolean(), "the official encoder -> decoder block"),
+    Rule(PIX2SEQ + "ACTIVATION", OneOf(tuple(ACTIVATIONS)), "feed-forward activation"),
+    Rule(PIX2SEQ + "LAYER_NORM_EPS", _POSITIVE, "LayerNorm epsilon"),
+    Rule(PIX2SEQ + "DECODER_POSITIONS", OneOf(("learned", "none")), "decoder position embedding"),
+    Rule(PIX2SEQ + "DROPOUT", _FRACTION, "dropout probability; 1 drops everything"),
+    Rule(PIX2SEQ + "DROP_PATH", _FRACTION, "stochastic-depth probability; 1 drops every branch"),
+    Rule(PIX2SEQ + "PRE_NORM", Boolean(), "pre-norm layers"),
+    Rule(PIX2SEQ + "SHARE_EMBEDDING", Boolean(), "tie output projection and token embedding"),
     # ---- decoding (DecodingOptions checks the ranges of DECODE.*; these are the types) ----
-    Rule(_P + "SCORE_THRESH_TEST", _num(0, 1), "detections scoring below it are dropped (scores are probabilities)"),
-    Rule(_P + "DECODE.TEMPERATURE", _num(), "sampling temperature"),
-    Rule(_P + "DECODE.TOP_K", _int(), "sampling: top-k"),
-    Rule(_P + "DECODE.TOP_P", _num(), "sampling: nucleus probability"),
-    Rule(_P + "DECODE.SEED", _int(), "sampling seed"),
-    Rule(_P + "DECODE.BEAM_SIZE", _int(), "beam width"),
-    Rule(_P + "DECODE.LENGTH_PENALTY", _num(), "beam length penalty"),
-    Rule(_P + "DECODE.STOP_AT_EOS", Boolean(), "stop at EOS"),
-    Rule(_P + "DECODE.ALLOW_NOISE_CLASS", Boolean(), "class slots may emit the noise class"),
-    Rule(_P + "DECODE.GRAMMAR", Boolean(), "grammar-constrained decoding"),
-    Rule(_P + "DECODE.SCORE", OneOf(SCORE_MODES), "detection score"),
+    Rule(PIX2SEQ + "SCORE_THRESH_TEST", _num(0, 1),
+         "detections scoring below it are dropped (scores are probabilities)"),
+    Rule(PIX2SEQ + "DECODE.TEMPERATURE", _num(), "sampling temperature"),
+    Rule(PIX2SEQ + "DECODE.TOP_K", _int(), "sampling: top-k"),
+    Rule(PIX2SEQ + "DECODE.TOP_P", _num(), "sampling: nucleus probability"),
+    Rule(PIX2SEQ + "DECODE.SEED", _int(), "sampling seed"),
+    Rule(PIX2SEQ + "DECODE.BEAM_SIZE", _int(), "beam width"),
+    Rule(PIX2SEQ + "DECODE.LENGTH_PENALTY", _num(), "beam length penalty"),
+    Rule(PIX2SEQ + "DECODE.STOP_AT_EOS", Boolean(), "stop at EOS"),
+    Rule(PIX2SEQ + "DECODE.ALLOW_NOISE_CLASS", Boolean(), "class slots may emit the noise class"),
+    Rule(PIX2SEQ + "DECODE.GRAMMAR", Boolean(), "grammar-constrained decoding"),
+    Rule(PIX2SEQ + "DECODE.SCORE", OneOf(SCORE_MODES), "detection score"),
     # ---- backbones ----
     Rule("MODEL.PIXEL_MEAN", Each(_num(), length=3), "per-channel mean of the 3-channel (BGR/RGB) input"),
     Rule("MODEL.PIXEL_STD", Each(_num(), length=3), "per-channel std of the 3-channel (BGR/RGB) input"),
     Rule("MODEL.PIXEL_STD", Each(_POSITIVE), "pixels are divided by it: 0 gives infinite inputs and a non-finite loss",
          warning=True),
     Rule("MODEL.SMALL_RESNET.STEM_OUT_CHANNELS", _int(1), "stem channels",
-         when=_is("MODEL.BACKBONE.NAME", _SMALL_RESNET)),
+         when=_is("MODEL.BACKBONE.NAME", SMALL_RESNET_BACKBONE)),
     Rule("MODEL.SMALL_RESNET.WIDTHS", Each(_int(1), length=4), "channels of res2..res5",
-         when=_is("MODEL.BACKBONE.NAME", _SMALL_RESNET)),
+         when=_is("MODEL.BACKBONE.NAME", SMALL_RESNET_BACKBONE)),
     Rule("MODEL.SMALL_RESNET.DEPTHS", Each(_int(1), length=4), "blocks of res2..res5",
-         when=_is("MODEL.BACKBONE.NAME", _SMALL_RESNET)),
+         when=_is("MODEL.BACKBONE.NAME", SMALL_RESNET_BACKBONE)),
     Rule("MODEL.RESNETS.STEM_POOL_PADDING", OneOf(STEM_POOL_PADDINGS), "stem max-pool padding",
-         when=_is("MODEL.BACKBONE.NAME", _PIX2SEQ_RESNET)),
-    Rule("MODEL.VIT.PATCH_SIZE", _int(1), "ViT patch size", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.EMBED_DIM", _int(1), "ViT width", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.DEPTH", _int(0), "ViT layers", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.NUM_HEADS", _int(1), "ViT attention heads", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.MLP_DIM", _int(1), "ViT feed-forward width", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.DROP_PATH", _FRACTION, "ViT stochastic depth", when=_is("MODEL.BACKBONE.NAME", _VIT)),
-    Rule("MODEL.VIT.LAYER_NORM_EPS", _POSITIVE, "ViT LayerNorm epsilon", when=_is("MODEL.BACKBONE.NAME", _VIT)),
+         when=_is("MODEL.BACKBONE.NAME", PIX2SEQ_RESNET_BACKBONE)),
+    Rule("MODEL.VIT.PATCH_SIZE", _int(1), "ViT patch size", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.EMBED_DIM", _int(1), "ViT width", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.DEPTH", _int(0), "ViT layers", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.NUM_HEADS", _int(1), "ViT attention heads", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.MLP_DIM", _int(1), "ViT feed-forward width", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.DROP_PATH", _FRACTION, "ViT stochastic depth", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
+    Rule("MODEL.VIT.LAYER_NORM_EPS", _POSITIVE, "ViT LayerNorm epsilon", when=_is("MODEL.BACKBONE.NAME", VIT_BACKBONE)),
     Rule("MODEL.EMA.ENABLED", Boolean(), "weight EMA on/off"),
     Rule("MODEL.EMA.DECAY", _FRACTION, "EMA decay per step", when=_on("MODEL.EMA.ENABLED"), training_only=True),
     # ---- solver (training) ----
@@ -350,14 +353,7 @@ RULES: tuple[Rule, ...] = (
 
 
 # ---- checking the table --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Problem:
-    message: str
-    warning: bool = False
-    key: str = ""  # the config key of a rule-table problem
-
-
-def _table_problems(cfg: CfgNode, for_training: bool) -> list[_Problem]:
+def table_problems(cfg: CfgNode, for_training: bool) -> list[Problem]:
     problems = []
     for rule in RULES:
         if rule.training_only and not for_training:
@@ -373,7 +369,7 @@ def _table_problems(cfg: CfgNode, for_training: bool) -> list[_Problem]:
         if rule.spec.accepts(value):
             continue
         text = f"{rule.key} = {value!r}: must be {rule.spec.describe()} ({rule.why})"
-        problems.append(_Problem(text, warning=rule.warning, key=rule.key))
+        problems.append(Problem(text, warning=rule.warning, key=rule.key))
     return problems
 
 

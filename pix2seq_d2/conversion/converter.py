@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pix2seq_d2.utils.errors import UserError
+
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint that cannot be converted; the message names the file and the tensors."""
 
 
@@ -105,7 +107,7 @@ class ConvertedCheckpoint:
 
     def config(self):
         """The detectron2 config of the converted model (not frozen)."""
-        from pix2seq_d2.config.defaults import load_config
+        from pix2seq_d2.config import load_config
 
         return load_config(self.base_config, [x for kv in self.overrides.items() for x in kv])
 

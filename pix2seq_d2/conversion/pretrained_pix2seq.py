@@ -1,8 +1,8 @@
 """Convert Pretrained-Pix2Seq checkpoints (``checkpoint.pth`` of its ``main.py``) to pix2seq_d2.
 
 The file is a dict ``{"model": state_dict, "optimizer", "lr_scheduler", "epoch", "args": argparse.Namespace,
-...}``. It is loaded with ``torch.load(weights_only=True)`` allowing ``argparse.Namespace`` and
-nothing else, so no code in it runs. Widths, layer counts and the vocabulary are read from the
+...}``. It is loaded by the one weights-only loader, which allows ``argparse.Namespace`` and nothing
+else, so no code in it runs. Widths, layer counts and the vocabulary are read from the
 tensors (the torchvision ResNet's widths too); the number of attention heads is not in any
 tensor and comes from ``args.nheads``.
 """
@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from pix2seq_d2.checkpoint import NotACheckpointError, UntrustedCheckpointError, load_weights_only
+
 from .converter import ConversionError, ConvertedCheckpoint, SourceTensors, family_config, finish
 from .official import RESNET_DEPTHS
 
@@ -23,37 +25,23 @@ _BN = ("weight", "bias", "running_mean", "running_var")
 
 
 def load_pretrained_pix2seq(path: str) -> tuple[dict[str, torch.Tensor], argparse.Namespace | None]:
-    """-> the ``model`` state dict and the pickled ``args`` (None when absent), loading no code."""
+    """-> the ``model`` state dict and the pickled ``args`` (None when absent), read by the one weights-only
+    loader (:func:`~pix2seq_d2.checkpoint.load_weights_only`): no code in the file runs."""
+    if not os.path.exists(path):
+        raise ConversionError(f"{path}: no such file")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ConversionError(f"{path}: no such file") from e
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError/KeyError for files it cannot read
-        raise ConversionError(_load_error(path, e)) from e
+        checkpoint = load_weights_only(path, trusted=False, detect_layouts=False)
+    except UntrustedCheckpointError as e:
+        raise ConversionError(
+            f"{path}: refused to load: {e.reason}, which is not a tensor, container or argparse.Namespace; loading "
+            "it could run code (nothing was executed)"
+        ) from e
+    except NotACheckpointError as e:
+        raise ConversionError(f"{path}: not a loadable Pretrained-Pix2Seq checkpoint (it is {e.what})") from e
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise ConversionError(f"{path}: expected a dict with a 'model' state dict (Pretrained-Pix2Seq main.py format)")
     args = checkpoint.get("args")
     return checkpoint["model"], args if isinstance(args, argparse.Namespace) else None
-
-
-def _load_error(path: str, error: Exception) -> str:
-    """The message for a file ``torch.load(weights_only=True)`` refused: the disallowed class or function when
-    that is the reason (torch's own message is a page of advice), else the error's first line."""
-    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
-    refused = next((line for line in lines if "Unsupported global" in line), None)
-    if refused is not None:  # "WeightsUnpickler error: Unsupported global: GLOBAL os.system was not an allowed ..."
-        what = re.search(r"GLOBAL (\S+)", refused)
-        return (
-            f"{path}: refused to load: the file pickles {what.group(1) if what else 'a class or function'}, which is "
-            "not a tensor, container or argparse.Namespace; loading it could run code (nothing was executed)"
-        )
-    detail = type(error).__name__
-    if lines:
-        detail += f": {lines[0]}"
-    elif os.path.isfile(path) and not os.path.getsize(path):
-        detail += ": the file is empty"
-    return f"{path}: not a loadable Pretrained-Pix2Seq checkpoint ({detail})"
 
 
 def _split_qkv(src: SourceTensors, out: dict, weight: str, bias: str, target: str) -> None:

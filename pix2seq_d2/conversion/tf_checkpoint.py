@@ -35,10 +35,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pix2seq_d2.utils.errors import UserError
+
 __all__ = ["TFCheckpoint", "TFCheckpointError", "TensorEntry", "crc32c"]
 
 
-class TFCheckpointError(ValueError):
+class TFCheckpointError(UserError, ValueError):
     """A TensorFlow checkpoint that cannot be read; the message names the file (and the variable, if any)."""
 
 

@@ -1,6 +1,6 @@
 """``Pix2SeqDatasetMapper``: a detectron2 dataset dict -> image tensor + token sequences.
 
-Reads the image with :func:`~pix2seq_d2.data.input_checks.read_image_checked` (EXIF orientation,
+Reads the image with :func:`~pix2seq_d2.data.image_io.read_image_checked` (EXIF orientation,
 ``INPUT.FORMAT``, 16-bit and RGBA converted, unusable files named), applies
 the augmentations of :func:`~pix2seq_d2.data.transforms.build_pix2seq_augmentation`
 (``ResizeShortestEdge`` + ``RandomFlip`` by default; large-scale jitter and colour jitter
@@ -30,11 +30,12 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from pix2seq_d2.data.annotation_checks import drop_invalid_annotations
+from pix2seq_d2.data.image_io import read_image_checked
 from pix2seq_d2.tasks.sequence_augmentation import SequenceAugmentation
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
 
-from .input_checks import drop_invalid_annotations, read_image_checked
 from .transforms import build_pix2seq_augmentation
 
 __all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS", "expand_views"]

@@ -19,7 +19,7 @@ run is resumed, so a resumed run sees other images than an uninterrupted one wou
   process and in ``DataLoader`` workers alike, so random flips, crops and object orders do
   not depend on when the run started, nor on ``NUM_WORKERS``.
 * **Bad images.** A sample whose mapper raises
-  :class:`~pix2seq_d2.data.input_checks.BadInputError` (or returns None) is logged with its file
+  :class:`~pix2seq_d2.data.image_io.BadInputError` (or returns None) is logged with its file
   and replaced by another index drawn from ``(seed, position)``; training stops with an
   error if no image of the dataset can be read.
 * **Workers.** ``DataLoader`` worker ``w`` of ``N`` maps batches ``w, w+N, ...`` and the
@@ -33,114 +33,33 @@ the global RNGs that the trainer does for dropout (:func:`iteration_seed`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
-from .input_checks import BadInputError, check_category_ids, explain_dataset_error
+from pix2seq_d2.data.annotation_checks import check_category_ids, explain_dataset_error
+from pix2seq_d2.data.image_io import BadInputError
+from pix2seq_d2.utils.seeding import mix_seed, sample_seed, seeded_rngs
 
 __all__ = [
     "ResumableTrainLoader",
     "build_resumable_train_loader",
     "index_batches",
-    "iteration_seed",
     "load_train_dataset_dicts",
-    "sample_seed",
-    "seed_global_rngs",
-    "continue_stream_at",
-    "seed_step_rngs",
-    "seeded_rngs",
-    "sequence_seed",
-    "training_seed",
+    "resumable_train_loader",
 ]
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler")
-
-
-def _mix(*values: int) -> int:
-    """A 32-bit seed from integers (numpy's SeedSequence hashing: nearby inputs give unrelated seeds)."""
-    return int(np.random.SeedSequence([v % 2**64 for v in values]).generate_state(1)[0])
-
-
-def sample_seed(seed: int, position: int, attempt: int = 0) -> int:
-    """Seed of the RNGs while mapping the sample at ``position`` of the stream (``attempt``: replacement number)."""
-    return _mix(seed, 1, position, attempt)
-
-
-def iteration_seed(seed: int, rank: int, iteration: int) -> int:
-    """Seed of the global RNGs for training step ``iteration`` on worker ``rank`` (dropout etc.)."""
-    return _mix(seed, 2, rank, iteration)
-
-
-def sequence_seed(seed: int, rank: int, iteration: int, call: int) -> int:
-    """Seed of the training sequences the model makes itself at step ``iteration`` on worker
-    ``rank`` (``call``: the how-many-th forward of that step, e.g. with gradient accumulation)."""
-    return _mix(seed, 3, rank, iteration, call)
-
-
-_PROCESS_SEED: list[int] = []
-
-
-def training_seed(loader, seed: int) -> int:
-    """The seed of a training run: its resumable loader's (saved in checkpoints), else ``seed``
-    (``SEED``, when >= 0), else one drawn once per process (then a resumed run is not exact)."""
-    if isinstance(loader, ResumableTrainLoader):
-        return loader.seed
-    if seed >= 0:
-        return seed
-    if not _PROCESS_SEED:
-        _PROCESS_SEED.append(int(np.random.SeedSequence().generate_state(1)[0]))
-    return _PROCESS_SEED[0]
-
-
-def seed_step_rngs(loader, seed: int, iteration: int) -> None:
-    """Before training step ``iteration``: seed the global RNGs (dropout, drop path) from the run's
-    seed (:func:`training_seed` of ``loader`` and ``seed``), this worker's rank and the iteration, so
-    that a resumed run draws exactly what the uninterrupted run drew."""
-    seed_global_rngs(iteration_seed(training_seed(loader, seed), comm.get_rank(), iteration))
-
-
-def continue_stream_at(trainer, start_iter: int) -> None:
-    """A resumed run: the resumable train loader of ``trainer`` (detectron2's ``SimpleTrainer``)
-    continues its stream at ``start_iter`` (other loaders: nothing to do)."""
-    loader = trainer.data_loader
-    if isinstance(loader, ResumableTrainLoader):
-        loader.start_at(start_iter)
-        trainer._data_loader_iter_obj = None  # SimpleTrainer's lazy iterator (private): restart it there
-
-
-def seed_global_rngs(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
-    """Inside the block the global CPU RNGs are seeded with ``seed``; their state is restored on exit."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.random.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
 
 
 def index_batches(
@@ -302,7 +221,7 @@ class ResumableTrainLoader:
             f"Training data starts at batch {self.start_iteration} of the stream with seed {self.seed} "
             f"({self.batch_size} images per batch on rank {self.rank} of {self.world_size})"
         )
-        generator = torch.Generator().manual_seed(_mix(self.seed, 3))  # DataLoader's base seed, not the global RNG
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, 3))  # DataLoader's base seed, not the global RNG
         loader = DataLoader(
             _ResumableBatches(self),
             batch_size=None,
@@ -313,76 +232,140 @@ class ResumableTrainLoader:
         return iter(loader)
 
 
-def load_train_dataset_dicts(cfg: CfgNode) -> list[dict]:
-    """``DATASETS.TRAIN``'s dicts as detectron2's train loader gets them, with clear errors for an
-    empty training set and for COCO annotations with unknown category ids."""
-    names = tuple(cfg.DATASETS.TRAIN)
+def load_train_dataset_dicts(names: str | Sequence[str], filter_empty: bool = True) -> list[dict]:
+    """The dicts of the registered datasets ``names`` as detectron2's train loader gets them
+    (``get_detection_dataset_dicts``), with clear errors for an empty training set and for COCO annotations
+    with unknown category ids. The cause of a failed load is found by looking at the datasets, not at the
+    text of detectron2's error."""
+    names = (names,) if isinstance(names, str) else tuple(names)
     if not names:
         raise ValueError("DATASETS.TRAIN is empty: name at least one registered dataset to train on")
     try:
-        dicts = get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except KeyError as e:
-        explanation = explain_dataset_error(names, e)
+        explanation = explain_dataset_error(names)
         if explanation:
             raise ValueError(f"Cannot load the training set {names}: {explanation}") from e
         raise
-    except AssertionError as e:
-        if "empty" not in str(e) and "No valid data" not in str(e):
+    except AssertionError:  # detectron2 asserts that each dataset, and what filtering leaves, is not empty
+        empty = [name for name in names if not len(DatasetCatalog.get(name))]
+        if not (empty or filter_empty):
             raise
         dicts = []
     if isinstance(dicts, list) and not dicts:
         hint = ""
-        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        if filter_empty:
             hint = " (DATALOADER.FILTER_EMPTY_ANNOTATIONS removed every image without a non-crowd annotation)"
         raise ValueError(f"The training set {names} has no images{hint}: check the dataset's registration and files")
     return dicts
 
 
-def _sampler_factory(cfg: CfgNode, dicts: list[dict]) -> Callable[[int], Sampler] | None:
-    name = cfg.DATALOADER.SAMPLER_TRAIN
+def _sampler_factory(
+    name: str, dicts: list[dict], repeat_threshold: float, repeat_sqrt: bool, random_subset_ratio: float
+) -> Callable[[int], Sampler] | None:
+    """seed -> the detectron2 training sampler ``name`` over ``dicts``; None for a sampler exact resume does not
+    support."""
     if name == "TrainingSampler":
         return lambda seed: TrainingSampler(len(dicts), shuffle=True, seed=seed)
     if name == "RepeatFactorTrainingSampler":
         factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-            dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+            dicts, repeat_threshold, sqrt=repeat_sqrt
         )
         return lambda seed: RepeatFactorTrainingSampler(factors, seed=seed)
     if name == "RandomSubsetTrainingSampler":
-        ratio = cfg.DATALOADER.RANDOM_SUBSET_RATIO
-        return lambda seed: RandomSubsetTrainingSampler(len(dicts), ratio, seed_shuffle=seed, seed_subset=seed)
+        return lambda seed: RandomSubsetTrainingSampler(
+            len(dicts), random_subset_ratio, seed_shuffle=seed, seed_subset=seed
+        )
     return None
 
 
-def build_resumable_train_loader(cfg: CfgNode, mapper: Callable, num_classes: int | None = None):
-    """The training loader for ``cfg``: a :class:`ResumableTrainLoader`, or detectron2's loader
-    (with a warning: no exact resume) for a sampler it does not support.
+def resumable_train_loader(
+    names: str | Sequence[str],
+    mapper: Callable[[dict], dict | None],
+    *,
+    total_batch_size: int,
+    seed: int = -1,
+    num_workers: int = 0,
+    aspect_ratio_grouping: bool = True,
+    filter_empty: bool = True,
+    sampler: str = "TrainingSampler",
+    repeat_threshold: float = 0.0,
+    repeat_sqrt: bool = True,
+    random_subset_ratio: float = 0.8,
+    num_classes: int | None = None,
+) -> ResumableTrainLoader:
+    """The exact-resume training loader of the registered datasets ``names`` (every batch a function of
+    ``(seed, iteration)``): ``total_batch_size`` over all workers; ``seed`` < 0 draws one, shared by all
+    workers and saved in checkpoints; ``sampler`` one of :data:`SUPPORTED_SAMPLERS`; the other arguments
+    are the ``DATALOADER.*`` keys of the same names; ``num_classes``: every annotation's category is
+    checked against it first. LazyConfigs call it with explicit arguments; :func:`build_resumable_train_loader`
+    with a config's."""
+    dicts = load_train_dataset_dicts(names, filter_empty)
+    if not isinstance(dicts, list):
+        raise ValueError(f"the training set {names} is a torch Dataset: it has no dicts to resume a stream of")
+    return _resumable_loader(
+        dicts, mapper, _sampler_factory(sampler, dicts, repeat_threshold, repeat_sqrt, random_subset_ratio),
+        sampler=sampler, names=names, total_batch_size=total_batch_size, seed=seed, num_workers=num_workers,
+        aspect_ratio_grouping=aspect_ratio_grouping, num_classes=num_classes,
+    )  # fmt: skip
 
-    ``num_classes``: if given, every annotation's category id is checked against it first.
-    """
-    dicts = load_train_dataset_dicts(cfg)
-    if not isinstance(dicts, list):  # a registered torch Dataset: no dicts to index
-        logger.warning("The training set is a torch Dataset: using detectron2's loader (resume restarts its stream)")
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
-    if num_classes is not None:
-        check_category_ids(dicts, num_classes, cfg.DATASETS.TRAIN)
-    make_sampler = _sampler_factory(cfg, dicts)
+
+def _resumable_loader(
+    dicts: list[dict],
+    mapper: Callable,
+    make_sampler: Callable[[int], Sampler] | None,
+    *,
+    sampler: str,
+    names: str | Sequence[str],
+    total_batch_size: int,
+    seed: int,
+    num_workers: int,
+    aspect_ratio_grouping: bool,
+    num_classes: int | None,
+) -> ResumableTrainLoader:
     if make_sampler is None:
-        logger.warning(
-            f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r}: using detectron2's loader, whose data "
-            f"stream restarts on resume (exact resume supports {', '.join(SUPPORTED_SAMPLERS)})"
-        )
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+        raise ValueError(f"exact resume supports the samplers {SUPPORTED_SAMPLERS}, not {sampler!r}")
+    if num_classes is not None:
+        check_category_ids(dicts, num_classes, (names,) if isinstance(names, str) else names)
     world_size = comm.get_world_size()
-    total = cfg.SOLVER.IMS_PER_BATCH
-    if total < 1 or total % world_size:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of the {world_size} workers")
-    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    if total_batch_size < 1 or total_batch_size % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total_batch_size} must be a positive multiple of the {world_size} workers"
+        )
     return ResumableTrainLoader(
         dicts,
         mapper,
         make_sampler=make_sampler,
-        seed=seed,
-        batch_size=total // world_size,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        seed=seed if seed >= 0 else comm.shared_random_seed(),
+        batch_size=total_batch_size // world_size,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        num_workers=num_workers,
     )
+
+
+def build_resumable_train_loader(cfg: CfgNode, mapper: Callable, num_classes: int | None = None):
+    """The training loader of ``cfg`` (``DATASETS.TRAIN``, ``DATALOADER.*``, ``SOLVER.IMS_PER_BATCH``,
+    ``SEED``): a :class:`ResumableTrainLoader`, or detectron2's loader (with a warning: no exact resume)
+    for a torch Dataset or a sampler it does not support.
+
+    ``num_classes``: if given, every annotation's category id is checked against it first.
+    """
+    d = cfg.DATALOADER
+    dicts = load_train_dataset_dicts(cfg.DATASETS.TRAIN, d.FILTER_EMPTY_ANNOTATIONS)
+    if not isinstance(dicts, list):  # a registered torch Dataset: no dicts to index
+        logger.warning("The training set is a torch Dataset: using detectron2's loader (resume restarts its stream)")
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+    make_sampler = _sampler_factory(d.SAMPLER_TRAIN, dicts, d.REPEAT_THRESHOLD, d.REPEAT_SQRT, d.RANDOM_SUBSET_RATIO)
+    if make_sampler is None:
+        if num_classes is not None:
+            check_category_ids(dicts, num_classes, cfg.DATASETS.TRAIN)
+        logger.warning(
+            f"DATALOADER.SAMPLER_TRAIN={d.SAMPLER_TRAIN!r}: using detectron2's loader, whose data "
+            f"stream restarts on resume (exact resume supports {', '.join(SUPPORTED_SAMPLERS)})"
+        )
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+    return _resumable_loader(
+        dicts, mapper, make_sampler, sampler=d.SAMPLER_TRAIN, names=cfg.DATASETS.TRAIN,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH, seed=cfg.SEED, num_workers=d.NUM_WORKERS,
+        aspect_ratio_grouping=d.ASPECT_RATIO_GROUPING, num_classes=num_classes,
+    )  # fmt: skip

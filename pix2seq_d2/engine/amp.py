@@ -10,7 +10,7 @@ model's own device with ``SOLVER.AMP.PRECISION``:
   ``step`` is a plain ``optimizer.step``);
 * ``"auto"``: float16 on a GPU, bfloat16 on the CPU.
 
-The loss itself is computed in float32 (``Pix2Seq.sequence_loss`` upcasts the logits).
+The loss itself is computed in float32 (:func:`~pix2seq_d2.modeling.losses.sequence_loss` upcasts the logits).
 """
 
 from __future__ import annotations
@@ -23,16 +23,7 @@ from detectron2.engine import AMPTrainer
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def amp_dtype(precision: str, device_type: str) -> torch.dtype:
-    """``SOLVER.AMP.PRECISION`` ("auto", "float16", "bfloat16") -> the autocast dtype on ``device_type``."""
-    if precision == "auto":
-        return torch.float16 if device_type == "cuda" else torch.bfloat16
-    if precision not in PRECISIONS:
-        raise ValueError(f"SOLVER.AMP.PRECISION must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
+from pix2seq_d2.solver.precision import amp_dtype
 
 
 class MixedPrecisionTrainer(AMPTrainer):

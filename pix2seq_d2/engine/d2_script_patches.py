@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +37,8 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from pix2seq_d2.analysis.flops import FlopCountAnalysis
-from pix2seq_d2.config.checks import resolve_auto_settings, with_auto_settings
-from pix2seq_d2.config.defaults import add_pix2seq_config, load_config
+from pix2seq_d2.config import add_pix2seq_config, prepare_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.data.datasets.coco import register_coco_datasets
 from pix2seq_d2.solver.build import build_optimizer as pix2seq_build_optimizer
 
 from .trainer import Pix2SeqTrainer
@@ -53,8 +50,6 @@ __all__ = [
     "Patch",
     "installed",
     "is_pix2seq",
-    "load_tool_config",
-    "prepare_config",
     "setup_tool_logging",
 ]
 
@@ -62,25 +57,6 @@ __all__ = [
 def is_pix2seq(cfg: Any) -> bool:
     """Whether ``cfg`` is a yacs config of a Pix2Seq model (LazyConfigs and other models: False)."""
     return isinstance(cfg, CfgNode) and cfg.get("MODEL", {}).get("META_ARCHITECTURE") == "Pix2Seq"
-
-
-def prepare_config(cfg: CfgNode) -> CfgNode:
-    """What ``tools/train_net.py``'s setup does before building anything: register the
-    ``DATASETS.COCO`` entries (a no-op when already registered) and resolve the "auto" settings
-    (``MODEL.PIX2SEQ.NUM_CLASSES 0``; a resolved copy, ``cfg`` itself when there are none)."""
-    register_coco_datasets(cfg)
-    return with_auto_settings(cfg)
-
-
-def load_tool_config(config_file: str, opts: list | tuple = ()) -> CfgNode:
-    """A config as ``tools/train_net.py``'s setup reads it (not frozen): detectron2's defaults + the
-    Pix2Seq keys + ``config_file`` + ``opts`` (unknown keys: an error naming key and file), its
-    ``DATASETS.COCO`` entries registered, its auto settings resolved."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file} does not exist")
-    cfg = load_config(config_file, opts)
-    register_coco_datasets(cfg)
-    return resolve_auto_settings(cfg)  # in place: the one config the caller holds
 
 
 def setup_tool_logging() -> None:
@@ -112,7 +88,7 @@ def build_detection_train_loader(cfg: Any, *args: Any, **kwargs: Any):
     """
     if not is_pix2seq(cfg) or args or kwargs:
         return d2_data_build.build_detection_train_loader(cfg, *args, **kwargs)
-    return Pix2SeqTrainer.build_train_loader(prepare_config(cfg))
+    return Pix2SeqTrainer.build_train_loader(prepare_config(cfg, for_training=False))
 
 
 def _train_loader_from_config(cfg: Any, mapper: Callable | None = None, **kwargs: Any) -> dict:
@@ -121,7 +97,7 @@ def _train_loader_from_config(cfg: Any, mapper: Callable | None = None, **kwargs
     original = d2_data_build.build_detection_train_loader.from_config
     if not is_pix2seq(cfg):
         return original(cfg, mapper, **kwargs)
-    cfg = prepare_config(cfg)
+    cfg = prepare_config(cfg, for_training=False)
     return original(cfg, mapper or Pix2SeqDatasetMapper(cfg, is_train=True), **kwargs)
 
 
@@ -140,7 +116,7 @@ def build_detection_test_loader(cfg: Any, dataset_name: Any = None, *args: Any, 
     """
     if not is_pix2seq(cfg) or mapper is not None or args or dataset_name is None:
         return d2_data_build.build_detection_test_loader(cfg, dataset_name, *args, mapper=mapper, **kw)
-    cfg = prepare_config(cfg)
+    cfg = prepare_config(cfg, for_training=False)
     test_mapper = Pix2SeqDatasetMapper(cfg, is_train=False, use_annotations=False)
     return d2_data_build.build_detection_test_loader(cfg, dataset_name, mapper=test_mapper, **kw)
 
@@ -165,7 +141,7 @@ def build_model(cfg: Any) -> nn.Module:
     """
     if not is_pix2seq(cfg):
         return d2_model_build.build_model(cfg)
-    return d2_model_build.build_model(prepare_config(cfg))
+    return d2_model_build.build_model(prepare_config(cfg, for_training=False))
 
 
 # ``FlopCountAnalysis`` is replaced by pix2seq_d2.analysis.flops.FlopCountAnalysis: detectron2's class plus a

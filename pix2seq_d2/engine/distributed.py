@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 
 import torch
-from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch import nn
 
@@ -79,22 +78,6 @@ def check_replicas_agree(model: nn.Module) -> list[torch.Tensor]:
                 f"parameters differ, first {names[differs[0]]!r}"
             )
     return fingerprints
-
-
-class ReplicaAgreementHook(HookBase):
-    """After training, checks that all workers hold the same parameters (see the module docstring)."""
-
-    def after_train(self) -> None:
-        # Only after a completed run: after an exception another worker may be gone, and a
-        # collective would hang (detectron2's EvalHook guards its final evaluation the same way).
-        if comm.get_world_size() == 1 or self.trainer.iter + 1 < self.trainer.max_iter:
-            return
-        fingerprints = check_replicas_agree(self.trainer.model)
-        total = float(fingerprints[0][:, 0].sum())
-        logger.info(
-            f"Weights agree across {len(fingerprints)} workers "
-            f"({len(fingerprints[0])} parameters; sum of all weights {total:.10g})"
-        )
 
 
 def with_checkpointed_weights(

@@ -1,46 +1,25 @@
-"""The errors that mean a user's file or setting is wrong, and the command-line wrapper that prints
-them as one ``error: ...`` line (exit status 1) instead of a traceback (``tools/*.py`` use it);
-the training scripts' shared arguments and checked ``launch``."""
+"""The command line of every tool: a :class:`~pix2seq_d2.utils.errors.UserError` (a wrong file, dataset
+or setting) is printed as one ``error: ...`` line (exit status 1) instead of a traceback; and the training
+scripts' shared arguments and checked ``launch``."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import pickle
 import sys
 from collections.abc import Callable
 
 from detectron2.engine import default_argument_parser, launch
 
-from pix2seq_d2.checkpoint.file_checks import NotACheckpointError
-from pix2seq_d2.checkpoint.resume import ResumeCheckpointError
-from pix2seq_d2.config.checks import ConfigError
-from pix2seq_d2.conversion import ConversionError, TFCheckpointError
-from pix2seq_d2.data.datasets.coco import CocoJsonError
-from pix2seq_d2.data.input_checks import BadInputError, ConfigKeyError
-
-from .distributed import leave_process_group
-
-# pickle.UnpicklingError covers a checkpoint refused by the weights-only loader (UntrustedCheckpointError).
-USER_ERRORS = (
-    BadInputError,
-    CocoJsonError,
-    ConfigError,
-    ConfigKeyError,
-    ConversionError,
-    FileNotFoundError,
-    NotACheckpointError,
-    ResumeCheckpointError,
-    TFCheckpointError,
-    pickle.UnpicklingError,
-)
+from pix2seq_d2.engine.distributed import leave_process_group
+from pix2seq_d2.utils.errors import UserError
 
 
 def run_command(main: Callable[[], object]) -> int:
     """Run ``main()``; a user error is printed as ``error: ...`` on stderr -> exit status 1, else 0."""
     try:
         main()
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

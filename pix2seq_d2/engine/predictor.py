@@ -20,10 +20,10 @@ from detectron2.config import CfgNode
 from detectron2.data import Metadata
 from detectron2.modeling import build_model
 
-from pix2seq_d2.checkpoint.checkpointer import load_inference_weights
-from pix2seq_d2.config.checks import check_config, resolve_auto_settings
-from pix2seq_d2.config.defaults import IMAGE_FORMATS
-from pix2seq_d2.data.datasets.coco import ensure_coco_metadata, register_coco_datasets
+from pix2seq_d2.checkpoint import load_inference_weights
+from pix2seq_d2.config import prepare_config
+from pix2seq_d2.data.datasets import ensure_coco_metadata
+from pix2seq_d2.data.image_io import IMAGE_FORMATS
 from pix2seq_d2.data.transforms import build_test_resize
 
 __all__ = ["Pix2SeqPredictor"]
@@ -42,9 +42,7 @@ class Pix2SeqPredictor:
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg.clone()
         self.cfg.defrost()  # a copy: auto settings (NUM_CLASSES 0) are resolved in it
-        register_coco_datasets(self.cfg)  # DATASETS.COCO entries, so that their class names are known
-        resolve_auto_settings(self.cfg)
-        check_config(self.cfg, for_training=False)
+        prepare_config(self.cfg, for_training=False)  # DATASETS.COCO registered: their class names are known
         self.cfg.freeze()
         cfg = self.cfg
         self.model = build_model(self.cfg)
@@ -52,7 +50,7 @@ class Pix2SeqPredictor:
         load_inference_weights(self.cfg, self.model)
         self.metadata = ensure_coco_metadata(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else Metadata()
         self.aug = build_test_resize(cfg)
-        self.input_format = cfg.INPUT.FORMAT  # one of IMAGE_FORMATS (check_config above)
+        self.input_format = cfg.INPUT.FORMAT  # one of IMAGE_FORMATS (checked by prepare_config)
 
     def preprocess(self, image: np.ndarray, format: str = "BGR") -> dict:
         """One image -> the model's input dict: ``image`` (CHW float tensor, resized, in

@@ -36,23 +36,19 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from torch import nn
 
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.config.checks import check_config, check_datasets, with_auto_settings
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import check_datasets, prepare_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.data.resumable_loader import (
-    ResumableTrainLoader,
-    build_resumable_train_loader,
-    continue_stream_at,
-    seed_step_rngs,
-)
+from pix2seq_d2.data.resumable_loader import ResumableTrainLoader, build_resumable_train_loader
+from pix2seq_d2.engine.amp import MixedPrecisionTrainer
+from pix2seq_d2.engine.distributed import with_checkpointed_weights
+from pix2seq_d2.engine.exact_resume import continue_stream_at, seed_step_rngs
+from pix2seq_d2.engine.hooks import EMAHook, ReplicaAgreementHook
 from pix2seq_d2.evaluation.coco_evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluator
-from pix2seq_d2.modeling.ema import EMAHook, ModelEMA
+from pix2seq_d2.modeling.ema import ModelEMA
 from pix2seq_d2.solver.build import build_lr_scheduler, build_optimizer
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
-
-from .amp import MixedPrecisionTrainer
-from .distributed import ReplicaAgreementHook, with_checkpointed_weights
 
 
 def share_cpu_threads_among_workers() -> int:
@@ -80,8 +76,8 @@ class Pix2SeqTrainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode):
         # Bad settings stop here, before anything is built (the schedule as auto-scaled below).
-        cfg = with_auto_settings(cfg)  # MODEL.PIX2SEQ.NUM_CLASSES 0: from DATASETS.TRAIN[0]
-        check_config(cfg, for_training=True, num_workers=comm.get_world_size())
+        # NUM_CLASSES 0 -> from DATASETS.TRAIN[0]; every setting checked
+        cfg = prepare_config(cfg, for_training=True, num_workers=comm.get_world_size())
         # Same construction order as DefaultTrainer.__init__, with `wrap_distributed`.
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -124,14 +120,13 @@ class Pix2SeqTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
-        return super().build_model(with_auto_settings(cfg))
+        return super().build_model(prepare_config(cfg, for_training=False))
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> dict:
         """detectron2's evaluation on every ``DATASETS.TEST``, after the start-up checks of evaluation
-        (``check_config(for_training=False)``)."""
-        cfg = with_auto_settings(cfg)
-        check_config(cfg, for_training=False)
+        (``prepare_config(for_training=False)``)."""
+        cfg = prepare_config(cfg, for_training=False)
         return super().test(cfg, model, evaluators)
 
     @classmethod

@@ -42,7 +42,7 @@ from detectron2.config import CfgNode
 from detectron2.structures import ImageList
 from torch import nn
 
-from pix2seq_d2.config.checks import ConfigError
+from pix2seq_d2.config import ConfigError
 from pix2seq_d2.modeling.decoding import DecodedSequences, DecodingOptions, decode
 from pix2seq_d2.modeling.meta_arch.pix2seq import DetectionSettings, Pix2Seq
 from pix2seq_d2.modeling.transformer import DecoderCache

@@ -24,10 +24,9 @@ import logging
 from collections.abc import Iterator
 
 import torch
-from detectron2.engine import HookBase
 from torch import nn
 
-__all__ = ["ModelEMA", "EMAHook", "unwrap_model", "use_ema_weights"]
+__all__ = ["ModelEMA", "unwrap_model", "use_ema_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +94,6 @@ class ModelEMA:
         for name, value in state["shadow"].items():
             if name in self.shadow:
                 self.shadow[name].copy_(value)
-
-
-class EMAHook(HookBase):
-    """Updates a ``ModelEMA`` from the trainer's model after every optimizer step."""
-
-    def __init__(self, ema: ModelEMA):
-        self.ema = ema
-
-    def before_train(self) -> None:
-        # A fresh run starts averaging from the weights training starts from (MODEL.WEIGHTS are
-        # loaded after the trainer, and so the EMA, is built); a resumed one keeps its average.
-        if self.ema.updates == 0:
-            self.ema.reset(self.trainer.model)
-
-    def after_step(self) -> None:
-        self.ema.update(self.trainer.model)
 
 
 def use_ema_weights(model: nn.Module, checkpoint: dict) -> bool:

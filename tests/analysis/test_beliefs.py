@@ -13,7 +13,7 @@ from PIL import Image
 
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.analysis.beliefs import coordinate_distributions, draw_beliefs, read_beliefs
-from pix2seq_d2.data.input_checks import BadInputError
+from pix2seq_d2.data.image_io import BadInputError
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 from tests.helpers import REPO_ROOT, tiny_cfg, write_image
 

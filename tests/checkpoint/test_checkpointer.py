@@ -18,7 +18,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.checkpoint.checkpointer import (
+from pix2seq_d2.checkpoint import (
     RESUME_NEWEST_INTACT_ENV_VAR,
     TRUST_ENV_VAR,
     NotACheckpointError,

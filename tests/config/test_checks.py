@@ -16,16 +16,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.config.checks import (
+from pix2seq_d2.config import (
     RULES,
     ConfigError,
     check_config,
     check_datasets,
     check_schedule,
+    load_config,
     resolve_auto_settings,
     with_auto_settings,
 )
-from pix2seq_d2.config.defaults import load_config
 from tests.helpers import REPO_ROOT, shapes_image, tiny_cfg, write_image
 
 R50 = os.path.join(REPO_ROOT, "configs", "pix2seq_R50.yaml")

@@ -23,8 +23,8 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from pix2seq_d2.analysis.beliefs import draw_beliefs, read_beliefs
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config
 from pix2seq_d2.conversion import convert_checkpoint, write_converted
 from pix2seq_d2.engine.predictor import Pix2SeqPredictor
 from tests.helpers import REPO_ROOT

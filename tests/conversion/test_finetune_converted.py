@@ -23,8 +23,8 @@ from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config
 from pix2seq_d2.conversion import convert_checkpoint, write_converted
 from tests.helpers import REPO_ROOT, write_image
 from tests.helpers.peer_fixtures import cases

@@ -21,7 +21,8 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer, add_pix2seq_config
-from pix2seq_d2.data.input_checks import BadInputError, merge_config_checked, read_image_checked, read_image_file
+from pix2seq_d2.config import merge_config_checked
+from pix2seq_d2.data.image_io import BadInputError, read_image_checked, read_image_file
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT, box_annotation, tiny_cfg, write_image, write_tiny_coco
 
 
@@ -132,7 +133,7 @@ def test_nan_and_negative_size_boxes_are_skipped_with_a_warning_naming_them(tmp_
         box_annotation(30, 30, 10, 10),  # x1 < x0, no "id": named by position
     ]
     mapper = Pix2SeqDatasetMapper(tiny_cfg(), is_train=True)
-    with caplog.at_level(logging.WARNING, logger="pix2seq_d2.data.input_checks"):
+    with caplog.at_level(logging.WARNING, logger="pix2seq_d2.data.annotation_checks"):
         out = mapper({"file_name": path, "height": 40, "width": 40, "annotations": annotations})
     assert len(out["instances"]) == 1
     log = caplog.text
@@ -262,7 +263,7 @@ def test_an_unknown_config_key_names_the_key_the_file_and_close_keys(tmp_path):
 
 
 def test_a_value_of_the_wrong_type_names_the_file_or_the_command_line(tmp_path):
-    from pix2seq_d2.data.input_checks import ConfigKeyError
+    from pix2seq_d2.config import ConfigKeyError
 
     config = tmp_path / "typed.yaml"
     config.write_text(f"_BASE_: {QUICKSTART_CONFIG}\nSOLVER:\n  MAX_ITER: many\n")
@@ -282,7 +283,7 @@ def test_train_net_reports_an_unknown_config_key_with_its_file(tmp_path):
 
 
 def test_the_loss_check_passes_finite_losses():
-    from pix2seq_d2.data.input_checks import check_finite_loss
+    from pix2seq_d2.modeling.losses import check_finite_loss
 
     check_finite_loss(torch.tensor(1.5), [{"file_name": "a.png"}])
     with pytest.raises(FloatingPointError, match=r"iteration None; batch files: a\.png, b\.png"):

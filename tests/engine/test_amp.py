@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pix2seq_d2 import Pix2SeqTrainer
-from pix2seq_d2.engine.amp import MixedPrecisionTrainer, amp_dtype
+from pix2seq_d2.engine.amp import MixedPrecisionTrainer
 from pix2seq_d2.modeling.ema import unwrap_model
+from pix2seq_d2.solver.precision import amp_dtype
 from tests.helpers import tiny_cfg
 
 

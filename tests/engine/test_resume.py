@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pix2seq_d2.data.resumable_loader import ResumableTrainLoader, index_batches, iteration_seed, sample_seed
+from pix2seq_d2.data.resumable_loader import ResumableTrainLoader, index_batches
+from pix2seq_d2.utils.seeding import iteration_seed, sample_seed
 from tests.helpers import REPO_ROOT, write_tiny_coco
 
 

@@ -11,8 +11,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from pix2seq_d2.config.checks import ConfigError
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import ConfigError, load_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
 from pix2seq_d2.engine.launch import run_command
 from pix2seq_d2.export.exporter import (

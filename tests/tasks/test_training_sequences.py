@@ -12,10 +12,10 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
-from pix2seq_d2.data.input_checks import current_training_iteration
-from pix2seq_d2.data.resumable_loader import sequence_seed
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
+from pix2seq_d2.utils.events import current_training_iteration
+from pix2seq_d2.utils.seeding import sequence_seed
 from tests.helpers import box_annotation, shapes_image, tiny_cfg, write_image
 
 SEQ_AUG = ("MODEL.PIX2SEQ.SEQ_AUG.ENABLED", True, "MODEL.PIX2SEQ.EOS_WEIGHT", 0.1)

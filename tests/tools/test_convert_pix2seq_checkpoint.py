@@ -24,8 +24,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.checkpoint.checkpointer import Pix2SeqCheckpointer
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
+from pix2seq_d2.config import load_config
 from pix2seq_d2.conversion import ConversionError, TFCheckpoint, TFCheckpointError, convert_checkpoint
 from tests.helpers import REPO_ROOT
 from tests.helpers.tf_checkpoint_writer import write_tf_checkpoint_arrays

@@ -27,9 +27,9 @@ from detectron2.export import TracingAdapter
 from PIL import Image
 
 from pix2seq_d2.analysis.flops import model_flops
-from pix2seq_d2.config.defaults import load_config
+from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.engine import d2_script_patches as d2_tools
-from pix2seq_d2.engine.d2_script_patches import PATCHES, SHIMS, installed, load_tool_config
+from pix2seq_d2.engine.d2_script_patches import PATCHES, SHIMS, installed
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT, shapes_image, write_image
 
 pytestmark = [
@@ -215,7 +215,7 @@ def test_analyze_model_flop_counts_what_pix2seq_analysis_counts(tmp_path):
     assert "scaled_dot_product_attention" in log.split("Average GFlops")[1]
     assert "Total GFlops" in log
 
-    cfg = load_tool_config(QUICKSTART_CONFIG, opts)
+    cfg = prepare_config(load_config(QUICKSTART_CONFIG, opts), for_training=False)
     cfg.freeze()
     from detectron2.modeling import build_model
 
@@ -271,7 +271,7 @@ def test_visualize_data_dataloader_draws_the_pix2seq_train_loader(tmp_path):
                             text=True)  # fmt: skip
     saved = read_saved_files(proc, 3)
 
-    cfg = load_tool_config(QUICKSTART_CONFIG, [*opts, "DATALOADER.NUM_WORKERS", 0])
+    cfg = prepare_config(load_config(QUICKSTART_CONFIG, [*opts, "DATALOADER.NUM_WORKERS", 0]), for_training=False)
     from pix2seq_d2 import Pix2SeqTrainer
 
     batch = next(iter(Pix2SeqTrainer.build_train_loader(cfg)))

@@ -22,13 +22,13 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
-from pix2seq_d2.config.checks import ConfigError
-from pix2seq_d2.config.defaults import load_config
-from pix2seq_d2.data.resumable_loader import seeded_rngs
+from pix2seq_d2.config import ConfigError, load_config
 from pix2seq_d2.engine.amp import MixedPrecisionTrainer
+from pix2seq_d2.engine.hooks import EMAHook
 from pix2seq_d2.engine.launch import run_command
-from pix2seq_d2.modeling.ema import EMAHook, ModelEMA, unwrap_model
+from pix2seq_d2.modeling.ema import ModelEMA, unwrap_model
 from pix2seq_d2.solver.build import build_lr_scheduler, build_optimizer
+from pix2seq_d2.utils.seeding import seeded_rngs
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT, tiny_cfg
 
 TOOL = os.path.join(REPO_ROOT, "tools", "lazyconfig_train_net.py")

@@ -16,7 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqTokenizer, Pix2SeqTrainer
-from pix2seq_d2.engine.d2_script_patches import load_tool_config
+from pix2seq_d2.config import load_config, prepare_config
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
@@ -78,7 +78,7 @@ def test_visualize_data_writes_each_example_as_the_model_sees_it(tmp_path):
             "MODEL.PIX2SEQ.SEQ_AUG.ENABLED", "True", "MODEL.PIX2SEQ.MAX_OBJECTS", "6"]  # fmt: skip
     written = visualize_data.main(["--config-file", QUICKSTART_CONFIG, "--output-dir", str(tmp_path), "--num-images",
                                    "3", "--scale", "2", *opts])  # fmt: skip
-    cfg = load_tool_config(QUICKSTART_CONFIG, [*opts, "DATALOADER.NUM_WORKERS", 0])
+    cfg = prepare_config(load_config(QUICKSTART_CONFIG, [*opts, "DATALOADER.NUM_WORKERS", 0]), for_training=False)
     batches = iter(Pix2SeqTrainer.build_train_loader(cfg))
     examples = next(batches) + next(batches)  # 2 images per batch
     tokenizer = Pix2SeqTokenizer.from_config(cfg)

@@ -7,8 +7,7 @@ tools/lazyconfig_train_net.py sets ``optimizer.params.model`` to the model befor
 
 from detectron2.config import LazyCall as L
 
-from pix2seq_d2.engine.lazy import build_adamw
-from pix2seq_d2.solver.build import optimizer_param_groups
+from pix2seq_d2.solver.build import build_adamw, optimizer_param_groups
 
 AdamW = L(build_adamw)(
     # Two parameter groups: with weight_decay, and without (norms, biases, embeddings).

@@ -9,7 +9,7 @@ from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import LinearParamScheduler
 
-from pix2seq_d2.engine.lazy import warmup_fraction
+from pix2seq_d2.solver.build import warmup_fraction
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(LinearParamScheduler)(start_value=1.0, end_value=0.01),  # end_value: SOLVER.END_LR_FACTOR

@@ -24,9 +24,8 @@ from detectron2.utils import comm
 from torch import nn
 
 from pix2seq_d2.data.dataset_mapper import expand_views
-from pix2seq_d2.data.input_checks import check_finite_loss, current_training_iteration
-from pix2seq_d2.data.resumable_loader import sequence_seed, training_seed
 from pix2seq_d2.modeling.decoding import DecodedSequences, DecodingOptions, decode
+from pix2seq_d2.modeling.losses import check_finite_loss, sequence_loss
 from pix2seq_d2.modeling.transformer import (
     MemoryProjection,
     TokenDecoder,
@@ -36,6 +35,8 @@ from pix2seq_d2.modeling.transformer import (
 )
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer, TokenizedObjects
 from pix2seq_d2.tasks.training_sequences import ObjectBatch, SequenceDraws, TrainingSequenceBuilder
+from pix2seq_d2.utils.events import current_training_iteration
+from pix2seq_d2.utils.seeding import process_seed, sequence_seed
 
 POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
@@ -255,7 +256,7 @@ class Pix2Seq(nn.Module):
             "memory_projection": memory_projection,
             "norm_eps": p.LAYER_NORM_EPS,
             "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True, tokenizer=tokenizer),
-            "sequence_seed": training_seed(None, cfg.SEED),  # SEED, or one drawn per process
+            "sequence_seed": process_seed(cfg.SEED),  # SEED, or one drawn per process
         }
 
     @property
@@ -329,7 +330,7 @@ class Pix2Seq(nn.Module):
         sequences = self.training_sequences(batched_inputs)
         memory, pos, padding = self.encode(self.preprocess_image(batched_inputs))
         logits = self.decoder(sequences.input, memory, pos, padding)  # [B, T, V]
-        loss = self.sequence_loss(logits, sequences.target, sequences.weight)
+        loss = sequence_loss(logits, sequences.target, sequences.weight)
         check_finite_loss(loss, batched_inputs)  # FloatingPointError naming the iteration and the files
         return {"loss_seq": loss}
 
@@ -372,21 +373,6 @@ class Pix2Seq(nn.Module):
         self._sequence_calls = (iteration, call + 1)
         seed = sequence_seed(self.sequence_seed, comm.get_rank(), iteration, call)
         return torch.Generator(device=self.device).manual_seed(seed)
-
-    @staticmethod
-    def sequence_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Sum of token-weighted cross-entropy divided by the total weight over all workers.
-
-        DDP averages gradients over workers, so each worker's sum is scaled by the world
-        size: the gradient then equals that of (all workers' weighted sum / total weight).
-        """
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")  # [B*T]
-        total_weight = weight.sum().detach()
-        world_size = comm.get_world_size()
-        if world_size > 1:
-            total_weight = total_weight.clone()
-            torch.distributed.all_reduce(total_weight)
-        return (ce * weight.flatten()).sum() * world_size / total_weight.clamp(min=1e-6)
 
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,8 +17,8 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from pix2seq_d2.config.defaults import load_config
-from pix2seq_d2.data.datasets.coco import (
+from pix2seq_d2.config import load_config
+from pix2seq_d2.data.datasets import (
     CocoJsonError,
     ensure_coco_metadata,
     load_coco_json_checked,
@@ -638,7 +638,7 @@ def test_a_malformed_datasets_coco_entry_is_an_error(value, expected):
 def test_the_loaded_dicts_train_through_the_mapper_on_real_images(tmp_path):
     """The mapper's checks name the json's annotation ids; crowd boxes stay out of the sequence."""
     from pix2seq_d2 import Pix2SeqDatasetMapper
-    from pix2seq_d2.data.input_checks import valid_annotations
+    from pix2seq_d2.data.annotation_checks import valid_annotations
     from tests.helpers import tiny_cfg
 
     dicts = load_coco_json_checked(write_json(tmp_path / "ok.json", valid_coco(tmp_path)), str(tmp_path))

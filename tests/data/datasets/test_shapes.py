@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pix2seq_d2.data.datasets import shapes as synthetic_shapes
+from pix2seq_d2.data.datasets import shapes_scenes
 from pix2seq_d2.data.datasets.shapes import (
     GENERATOR_VERSION,
     SHAPE_CLASSES,
@@ -138,7 +139,7 @@ def test_different_seed_gives_different_content(tmp_path: Path) -> None:
 
 
 def test_interrupted_generation_writes_no_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = synthetic_shapes._generate_image
+    real = synthetic_shapes.generate_image
     calls = []
 
     def failing(rng: np.random.Generator, spec: ShapesSplitSpec) -> tuple:
@@ -147,13 +148,13 @@ def test_interrupted_generation_writes_no_json(tmp_path: Path, monkeypatch: pyte
             raise KeyboardInterrupt
         return real(rng, spec)
 
-    monkeypatch.setattr(synthetic_shapes, "_generate_image", failing)
+    monkeypatch.setattr(synthetic_shapes, "generate_image", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_shapes_split(tmp_path, "tiny", SMALL)
     json_file, _ = shapes_split_paths(tmp_path, "tiny")
     assert not os.path.exists(json_file)
     assert os.listdir(os.path.dirname(json_file)) == []
-    monkeypatch.setattr(synthetic_shapes, "_generate_image", real)
+    monkeypatch.setattr(synthetic_shapes, "generate_image", real)
     generate_shapes_split(tmp_path, "tiny", SMALL)
     assert len(_load(json_file)["images"]) == SMALL.num_images
 
@@ -162,13 +163,13 @@ def test_interrupted_generation_writes_no_json(tmp_path: Path, monkeypatch: pyte
 @pytest.mark.parametrize("offset", [0, 1, 2, 3])
 def test_bbox_is_tight(category: int, offset: int) -> None:
     """One object on a flat background, no noise: its coloured pixels fill its box."""
-    size, ss = 64, synthetic_shapes._SUPERSAMPLE
+    size, ss = 64, shapes_scenes.SUPERSAMPLE
     gray = 128
     background = np.full((size * ss, size * ss, 3), gray, dtype=np.uint8)
     # Corners off the final pixel grid (offset is in supersampled pixels).
     x0, y0 = 37 + offset, 50 + 2 * offset
-    shape = synthetic_shapes._Shape(category, x0, y0, x0 + 101 + offset, y0 + 93 - offset, (230, 20, 40))
-    pixels = synthetic_shapes._render(background, [], [shape], size, 0.0, None)
+    shape = shapes_scenes._Shape(category, x0, y0, x0 + 101 + offset, y0 + 93 - offset, (230, 20, 40))
+    pixels = shapes_scenes._render(background, [], [shape], size, 0.0, None)
     # A pixel is "object" when at least ~1/4 covered by the colour (red channel 128 -> 230).
     ys, xs = np.nonzero(np.abs(pixels.astype(int) - gray).max(axis=2) > 25)
     x, y, w, h = shape.bbox_xywh()

@@ -38,9 +38,9 @@ def test_loss_is_the_weighted_mean_over_tokens_of_the_batch():
     weight = torch.tensor([[1.0, 1.0, 0.5], [1.0, 0.0, 0.0]])
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
     expected = (ce * weight.flatten()).sum() / weight.sum()
-    from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
+    from pix2seq_d2.modeling.losses import sequence_loss
 
-    torch.testing.assert_close(Pix2Seq.sequence_loss(logits, target, weight), expected)
+    torch.testing.assert_close(sequence_loss(logits, target, weight), expected)
 
 
 def test_training_without_sequence_inputs_raises_a_clear_error():
@@ -105,12 +105,11 @@ def _loss_worker(rank: int, world_size: int, init_file: str, shards: list, out_d
     """One GLOO worker: its shard's loss through a shared parameter, gradients averaged as DDP does."""
     import torch.distributed as dist
 
-    from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
-
+    from pix2seq_d2.modeling.losses import sequence_loss
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     features, target, weight = shards[rank]
     projection = torch.nn.Parameter(torch.linspace(-1, 1, 8 * 5).reshape(8, 5))
-    Pix2Seq.sequence_loss(features @ projection, target, weight).backward()
+    sequence_loss(features @ projection, target, weight).backward()
     dist.all_reduce(projection.grad)
     projection.grad /= world_size
     torch.save(projection.grad, os.path.join(out_dir, f"grad{rank}.pt"))

@@ -6,7 +6,7 @@ tokenizer (``${model.tokenizer}``) and keeps at most ``model.decoder.max_objects
 from detectron2.config import LazyCall as L
 
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.engine.lazy import resumable_train_loader
+from pix2seq_d2.data.resumable_loader import resumable_train_loader
 
 
 def train_loader(names: str, augmentations: list, total_batch_size: int, num_workers: int):

@@ -7,9 +7,8 @@ explains each); derived sizes are interpolations, so overriding one setting keep
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from pix2seq_d2.engine.lazy import token_decoder
 from pix2seq_d2.modeling.decoding import DecodingOptions
-from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
+from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq, token_decoder
 from pix2seq_d2.modeling.transformer import TransformerEncoder
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 

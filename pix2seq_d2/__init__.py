@@ -4,9 +4,10 @@ Importing the package registers the ``Pix2Seq`` meta-architecture, the ``build_s
 ``build_pix2seq_resnet_backbone`` and ``build_pix2seq_vit_backbone`` backbones, the tasks, and the
 embedded ``shapes_*`` datasets (generated on first use under ``$DETECTRON2_DATASETS/pix2seq_shapes``).
 
-The subpackages, lowest first (each imports only those before it): ``utils``, ``tasks`` (vocabulary,
-tasks, training sequences), ``data``, ``modeling``, ``solver``, ``checkpoint``, ``evaluation``,
-``export``, ``config``, ``model_zoo``, ``conversion``, ``analysis``, ``engine``.
+The subpackages, lowest first (each imports only those before it; tests/test_package_layout.py checks):
+``utils``, ``tasks`` (vocabulary, tasks, training sequences), ``data``, ``modeling``, ``solver``,
+``checkpoint``, ``evaluation``, ``config``, ``export``, ``model_zoo``, ``conversion``, ``analysis``,
+``engine``. docs/architecture.md draws the data flow.
 """
 
 import warnings

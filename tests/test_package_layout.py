@@ -12,6 +12,9 @@ from tests.helpers import REPO_ROOT
 
 PACKAGE_DIR = os.path.dirname(pix2seq_d2.__file__)
 MAX_MODULE_LINES = 520  # "no module runs past ~500 lines"
+# The subpackages, lowest first: each may import only those before it (pix2seq_d2/__init__.py says the same).
+LAYERS = ("utils", "tasks", "data", "modeling", "solver", "checkpoint", "evaluation", "config", "export",
+          "model_zoo", "conversion", "analysis", "engine")  # fmt: skip
 
 
 def _modules() -> dict[str, str]:
@@ -97,6 +100,15 @@ def test_subpackages_import_each_other_in_one_direction_only():
     assert not mutual, f"subpackages that import each other: {mutual}"
     cycle = _cycle(graph)
     assert cycle is None, f"an import cycle between subpackages: {' -> '.join(cycle)}"
+
+
+def test_each_subpackage_imports_only_the_layers_below_it():
+    graph = subpackage_graph()
+    assert set(graph) <= set(LAYERS), f"subpackages missing from LAYERS: {sorted(set(graph) - set(LAYERS))}"
+    upward = {
+        name: sorted(t for t in targets if LAYERS.index(t) > LAYERS.index(name)) for name, targets in graph.items()
+    }
+    assert not {k: v for k, v in upward.items() if v}, f"imports of higher layers: {upward}"
 
 
 def test_the_layering_check_sees_a_cycle():

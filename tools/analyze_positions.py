@@ -52,8 +52,12 @@ def analyze(cfg, model, iou_thresh: float = 0.5) -> PositionStats:
     for batch in loader:
         sequences, images = model.generate(batch)
         sizes = torch.tensor(images.image_sizes, device=model.device)  # [B, 2] (h, w) as the model saw them
-        objects = model.tokenizer.decode(
-            sequences.tokens, sequences.token_logprobs, sequences.class_logprobs, sizes, model.score_mode
+        objects = model.task.decode_objects(
+            sequences.tokens,
+            sequences.token_logprobs,
+            sequences.records["class_logprobs"],
+            sizes,
+            model.task.score_mode,
         )
         for i, x in enumerate(batch):
             (h, w), boxes = images.image_sizes[i], objects.boxes[i].cpu()

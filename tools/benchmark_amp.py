@@ -28,10 +28,10 @@ import time
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2 import Pix2SeqTokenizer
 from pix2seq_d2.config import load_config
 from pix2seq_d2.solver.build import build_optimizer
 from pix2seq_d2.solver.precision import amp_dtype
+from pix2seq_d2.tasks import build_task
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,13 +39,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def random_batch(cfg, batch_size: int, size: int, objects: int, seed: int = 0) -> list[dict]:
     """Images with random boxes, tokenized like the training mapper does."""
     gen = torch.Generator().manual_seed(seed)
-    tokenizer = Pix2SeqTokenizer.from_config(cfg)
+    task = build_task(cfg)
     batch = []
     for _ in range(batch_size):
         corners = torch.rand(objects, 2, 2, generator=gen) * size  # [n, 2 points, (x, y)]
         boxes = torch.cat([corners.min(1).values, corners.max(1).values + 1], 1).clamp(max=size)  # [n, 4]
         classes = torch.randint(0, cfg.MODEL.PIX2SEQ.NUM_CLASSES, (objects,), generator=gen)
-        tokens = tokenizer.encode(boxes, classes, (size, size))
+        tokens = task.encode(boxes, classes, (size, size))
         image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=gen)
         batch.append({"image": image, "seq_input": tokens.input, "seq_target": tokens.target,
                       "seq_weight": tokens.weight})  # fmt: skip

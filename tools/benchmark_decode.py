@@ -29,15 +29,15 @@ import torch
 from detectron2.modeling import build_model
 
 from pix2seq_d2.config import load_config
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode, grammar_masks
+from pix2seq_d2.modeling.decoding import decode
 from pix2seq_d2.modeling.transformer import TokenDecoder, sine_position_encoding
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from pix2seq_d2.tasks import DecodingOptions, DetectionTask
 
 
 @torch.no_grad()
 def decode_with_concat_cache(
     decoder: TokenDecoder,
-    tokenizer: Pix2SeqTokenizer,
+    task: DetectionTask,
     memory: torch.Tensor,
     memory_pos: torch.Tensor,
     num_tokens: int,
@@ -45,8 +45,8 @@ def decode_with_concat_cache(
     """Method (b): greedy fixed-length decoding, K/V grown by concatenation, memory re-projected
     every step. Uses ``decoder``'s weights; returns tokens ``[B, num_tokens]``."""
     b = memory.shape[0]
-    allowed = grammar_masks(tokenizer, memory.device, allow_eos=False)
-    tokens = torch.full((b, 1), tokenizer.START, dtype=torch.long, device=memory.device)
+    allowed = task.grammar(memory.device, allow_eos=False)
+    tokens = task.prompt(b, memory.device)
     past = [None] * len(decoder.layers)  # per layer: (k, v) [B, H, t, Dh]
     for t in range(num_tokens):
         pos = decoder.pos_embed.weight[t]
@@ -63,18 +63,18 @@ def decode_with_concat_cache(
             x = layer.norm2(x + ca.attend(ca.split_heads(ca.q_proj(x)), mk, mv))
             x = layer.norm3(x + layer.ffn(x))
         logits = decoder._logits(x)[:, -1]
-        choice = logits.masked_fill(~allowed[t % tokenizer.tokens_per_object], float("-inf")).argmax(-1)
+        choice = logits.masked_fill(~allowed[t % task.tokens_per_object], float("-inf")).argmax(-1)
         tokens = torch.cat([tokens, choice[:, None]], dim=1)
     return tokens[:, 1:]
 
 
-def build_decoder(config_file: str) -> tuple[TokenDecoder, Pix2SeqTokenizer, int]:
-    """The decoder and tokenizer of the model a config builds (random weights)."""
+def build_decoder(config_file: str) -> tuple[TokenDecoder, DetectionTask, int]:
+    """The decoder and task of the model a config builds (random weights)."""
     cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     if cfg.MODEL.PIX2SEQ.PRE_NORM:
         raise ValueError("method (b) is written for the post-norm layout")
     model = build_model(cfg)
-    return model.decoder.eval(), model.tokenizer, cfg.MODEL.PIX2SEQ.HIDDEN_DIM
+    return model.decoder.eval(), model.task, cfg.MODEL.PIX2SEQ.HIDDEN_DIM
 
 
 def timed(fn, device: torch.device, *args) -> tuple[float, torch.Tensor]:
@@ -103,19 +103,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    decoder, tokenizer, dim = build_decoder(args.config_file)
+    decoder, task, dim = build_decoder(args.config_file)
     decoder.to(device)
-    num_objects = args.tokens // tokenizer.tokens_per_object
-    length = num_objects * tokenizer.tokens_per_object
+    num_objects = args.tokens // task.tokens_per_object
+    length = num_objects * task.tokens_per_object
     options = DecodingOptions(max_objects=num_objects, stop_at_eos=False)
     print(f"device={device} threads={torch.get_num_threads()} decoder: {len(decoder.layers)} layers d={dim} "
-          f"vocab={tokenizer.vocab_size}; memory {args.memory_hw[0]}x{args.memory_hw[1]}; "
+          f"vocab={task.tokenizer.vocab_size}; memory {args.memory_hw[0]}x{args.memory_hw[1]}; "
           f"{length} tokens per image")  # fmt: skip
 
     methods = {
-        "recompute": lambda m, p, pad: decode(decoder, tokenizer, m, p, pad, options, use_cache=False).tokens,
-        "concat": lambda m, p, pad: decode_with_concat_cache(decoder, tokenizer, m, p, length),
-        "ours": lambda m, p, pad: decode(decoder, tokenizer, m, p, pad, options, use_cache=True).tokens,
+        "recompute": lambda m, p, pad: decode(decoder, task, m, p, pad, options, use_cache=False).tokens,
+        "concat": lambda m, p, pad: decode_with_concat_cache(decoder, task, m, p, length),
+        "ours": lambda m, p, pad: decode(decoder, task, m, p, pad, options, use_cache=True).tokens,
     }
     rows = []
     for batch in args.batch_sizes:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         memory = torch.randn(batch, h * w, dim, device=device)
         padding = padding.flatten(1)
         warm = DecodingOptions(max_objects=2, stop_at_eos=False)
-        decode(decoder, tokenizer, memory, memory_pos, padding, warm)  # warm-up
+        decode(decoder, task, memory, memory_pos, padding, warm)  # warm-up
         results = {}
         for name in args.methods:
             seconds, tokens = timed(methods[name], device, memory, memory_pos, padding)

@@ -28,7 +28,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from pix2seq_d2.conversion import convert_checkpoint
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode
+from pix2seq_d2.modeling.decoding import decode
+from pix2seq_d2.tasks import DecodingOptions
 
 DEFAULT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "pix2seq_official"
@@ -84,9 +85,9 @@ def report_case(folder: str) -> dict[str, object]:
             strategy="greedy",
             grammar=False,
             stop_at_eos=False,
-            max_objects=-(-steps // model.tokenizer.tokens_per_object),
+            max_objects=-(-steps // model.task.tokens_per_object),
         )
-        out = decode(model.decoder, model.tokenizer, memory, pos, padding, options, return_logits=True)
+        out = decode(model.decoder, model.task, memory, pos, padding, options, return_logits=True)
         row["greedy tokens"] = (
             f"{steps} identical" if torch.equal(out.tokens[:, :steps], torch.from_numpy(reference)) else "DIFFER"
         )

@@ -90,7 +90,7 @@ def verify(cfg: CfgNode, model: Pix2Seq, runner: OnnxPix2SeqRunner, dataset: str
         got, onnx_images = runner.generate(inputs)
         padded_differently += int(images.tensor.shape[-2:] != onnx_images.tensor.shape[-2:])
         same_tokens += int(same_rows(expected.tokens, got.tokens, model.tokenizer.PAD).sum())
-        outputs = zip(model.detections(inputs, expected, images), runner.detections(inputs, got, onnx_images))
+        outputs = zip(model.outputs(inputs, expected, images), runner.outputs(inputs, got, onnx_images))
         for a, b in ((a["instances"], b["instances"]) for a, b in outputs):
             if len(a) != len(b):
                 count_mismatch += 1

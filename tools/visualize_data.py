@@ -38,11 +38,12 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from pix2seq_d2 import Pix2SeqTokenizer, Pix2SeqTrainer
+from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.dataset_mapper import expand_views
 from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
 from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.tasks import DetectionTask, build_task
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_data")
 AXIS_NAMES = ("xmin", "ymin", "xmax", "ymax")  # the tokenizer's slot_axes index into this
@@ -61,14 +62,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 # ---- tokens as text ----------------------------------------------------------------------------
 def describe_token(
-    tokenizer: Pix2SeqTokenizer, token: int, slot: int | None, image_hw: tuple[int, int], names: dict[int, str]
+    task: DetectionTask, token: int, slot: int | None, image_hw: tuple[int, int], names: dict[int, str]
 ) -> str:
     """One token as text: its kind and value. ``slot``: its place in an object (0-3 a coordinate, 4 the
     class; None: outside the objects: START, EOS), which says which coordinate a bin is."""
+    tokenizer = task.tokenizer
     lo, hi = tokenizer.coord_token_range()
-    if slot == tokenizer.class_slot and token in names:  # dataset classes and NOISE
+    if slot == task.class_slot and token in names:  # dataset classes and NOISE
         return f"class {names[token]}"
-    if slot is not None and slot < tokenizer.class_slot and lo <= token < hi:
+    if slot is not None and slot < task.class_slot and lo <= token < hi:
         axis = AXIS_NAMES[tokenizer.slot_axes[slot]]
         h, w = tokenizer.normalizer_hw(image_hw)
         pixels = float(tokenizer.dequantize(torch.tensor(token - lo))) * (h if axis[0] == "y" else w)
@@ -76,22 +78,23 @@ def describe_token(
     special = {tokenizer.PAD: "PAD", tokenizer.NOISE: "NOISE", tokenizer.START: "START", tokenizer.EOS: "EOS"}
     if token in special:
         return special[token]
-    kinds = [kind for kind, mask in tokenizer.token_kinds(torch.tensor([token])).items() if bool(mask[0])]
+    kinds = [kind for kind, mask in task.token_kinds(torch.tensor([token])).items() if bool(mask[0])]
     return f"{kinds[0] if kinds else 'other'} token (unexpected here)"
 
 
-def token_lines(example: dict, tokenizer: Pix2SeqTokenizer, class_names: Sequence[str] | None) -> list[str]:
+def token_lines(example: dict, task: DetectionTask, class_names: Sequence[str] | None) -> list[str]:
     """The input/target/weight lines of one mapped training example."""
+    tokenizer = task.tokenizer
     seq_input, seq_target = example["seq_input"].tolist(), example["seq_target"].tolist()
     weights = example["seq_weight"].tolist()
     image_hw = tuple(example["image"].shape[-2:])
     names = tokenizer.class_names(class_names)
-    tpo, body = tokenizer.tokens_per_object, len(seq_target) - 1  # the last target is EOS
+    tpo, body = task.tokens_per_object, len(seq_target) - 1  # the last target is EOS
 
     def text(token: int, target_position: int) -> str:
         """``target_position``: where the token stands in the target sequence (-1: START)."""
         slot = target_position % tpo if 0 <= target_position < body else None
-        return f"{token:5d} {describe_token(tokenizer, token, slot, image_hw, names):<26}"
+        return f"{token:5d} {describe_token(task, token, slot, image_hw, names):<26}"
 
     lines = [f"# {'pos':>4} {'input (id, meaning)':<32} {'target (id, meaning)':<32} weight"]
     for pos, (inp, tgt, weight) in enumerate(zip(seq_input, seq_target, weights)):
@@ -100,10 +103,11 @@ def token_lines(example: dict, tokenizer: Pix2SeqTokenizer, class_names: Sequenc
     return lines
 
 
-def header_lines(example: dict, tokenizer: Pix2SeqTokenizer, dataset_hint: str) -> list[str]:
+def header_lines(example: dict, task: DetectionTask, dataset_hint: str) -> list[str]:
+    tokenizer = task.tokenizer
     h, w = example["image"].shape[-2:]
     objects = len(example["instances"])
-    in_sequence = (len(example["seq_target"]) - 1) // tokenizer.tokens_per_object
+    in_sequence = (len(example["seq_target"]) - 1) // task.tokens_per_object
     return [
         f"# image {example.get('image_id')} ({dataset_hint}): {example.get('file_name')}",
         f"# original {example.get('height')} x {example.get('width')} px (h x w); augmented {h} x {w} px",
@@ -114,22 +118,22 @@ def header_lines(example: dict, tokenizer: Pix2SeqTokenizer, dataset_hint: str) 
 
 
 # ---- drawing -------------------------------------------------------------------------------------
-def noise_boxes(example: dict, tokenizer: Pix2SeqTokenizer) -> np.ndarray:
+def noise_boxes(example: dict, task: DetectionTask) -> np.ndarray:
     """Boxes ``[k, 4]`` (x0 y0 x1 y1, pixels) of the sequence's noise objects (target class NOISE)."""
-    tpo = tokenizer.tokens_per_object
+    tokenizer, tpo, class_slot = task.tokenizer, task.tokens_per_object, task.class_slot
     target = example["seq_target"][:-1].reshape(-1, tpo)  # [n, 5]
-    noise = target[target[:, tokenizer.class_slot] == tokenizer.NOISE]
+    noise = target[target[:, class_slot] == tokenizer.NOISE]
     if not len(noise):
         return np.zeros((0, 4))
     lo, _ = tokenizer.coord_token_range()
-    values = tokenizer.dequantize(noise[:, : tokenizer.class_slot] - lo)  # [k, 4] in slot order
+    values = tokenizer.dequantize(noise[:, :class_slot] - lo)  # [k, 4] in slot order
     xyxy = values[:, list(tokenizer.slot_axes)]
     h, w = tokenizer.normalizer_hw(tuple(example["image"].shape[-2:]))
     return (xyxy * torch.tensor([w, h, w, h])).numpy()
 
 
 def draw_example(
-    example: dict, tokenizer: Pix2SeqTokenizer, metadata, image_format: str, scale: float = 1.0
+    example: dict, task: DetectionTask, metadata, image_format: str, scale: float = 1.0
 ) -> np.ndarray:
     """The augmented image (RGB) with the example's boxes and class names; noise objects dashed grey."""
     image = utils.convert_image_to_rgb(example["image"].permute(1, 2, 0).numpy(), image_format)
@@ -140,7 +144,7 @@ def draw_example(
     labels = [names[c] if names and c < len(names) else str(c) for c in classes]
     colors = [_COLORS[c % len(_COLORS)] for c in classes]
     out = visualizer.overlay_instances(boxes=instances.gt_boxes, labels=labels, assigned_colors=colors)
-    for x0, y0, x1, y1 in noise_boxes(example, tokenizer):
+    for x0, y0, x1, y1 in noise_boxes(example, task):
         visualizer.draw_box((x0, y0, x1, y1), edge_color="gray", line_style="--")
         visualizer.draw_text("noise", (x0, y0), color="gray", horizontal_alignment="left")
     return out.get_image()
@@ -159,16 +163,16 @@ def example_name(index: int, example: dict, view: int | None) -> str:
 
 
 def write_example(
-    output_dir: str, name: str, example: dict, tokenizer: Pix2SeqTokenizer, cfg: CfgNode, scale: float
+    output_dir: str, name: str, example: dict, task: DetectionTask, cfg: CfgNode, scale: float
 ) -> tuple[str, str]:
     """Write ``name.jpg`` (drawing) and ``name.txt`` (tokens); returns both paths."""
     dataset = cfg.DATASETS.TRAIN[0]
     metadata = MetadataCatalog.get(dataset)
-    drawing = draw_example(example, tokenizer, metadata, cfg.INPUT.FORMAT, scale)
+    drawing = draw_example(example, task, metadata, cfg.INPUT.FORMAT, scale)
     image_path, text_path = (os.path.join(output_dir, name + ext) for ext in (".jpg", ".txt"))
     Image.fromarray(drawing).save(image_path, quality=95)
-    lines = header_lines(example, tokenizer, f"training set {tuple(cfg.DATASETS.TRAIN)}")
-    lines += token_lines(example, tokenizer, metadata.get("thing_classes", None))
+    lines = header_lines(example, task, f"training set {tuple(cfg.DATASETS.TRAIN)}")
+    lines += token_lines(example, task, metadata.get("thing_classes", None))
     with open(text_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return image_path, text_path
@@ -180,13 +184,15 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     cfg = prepare_config(load_config(args.config_file, args.opts), for_training=False)
     cfg.DATALOADER.NUM_WORKERS = 0  # a few examples: no worker processes
     cfg.freeze()
-    tokenizer = Pix2SeqTokenizer.from_config(cfg)
+    task = build_task(cfg)
+    if not isinstance(task, DetectionTask):
+        raise ValueError(f"visualize_data draws boxes: MODEL.PIX2SEQ.TASKS must be detection, got {task.name!r}")
     os.makedirs(args.output_dir, exist_ok=True)
     views = cfg.INPUT.MULTI_CROP.NUM_VIEWS
     written = []
     for index, example in zip(range(args.num_images), training_examples(cfg)):
         view = index % views + 1 if views > 1 else None
-        written.append(write_example(args.output_dir, example_name(index, example, view), example, tokenizer, cfg,
+        written.append(write_example(args.output_dir, example_name(index, example, view), example, task, cfg,
                                      args.scale))  # fmt: skip
     logger.info(f"wrote {len(written)} training examples (.jpg + .txt) to {args.output_dir}")
     return written

@@ -25,19 +25,19 @@ from .common.train import train
 
 # ---- model ----
 model.encoder.drop_path = 0.1  # the decoder follows the encoder
-model.tokenizer.num_classes = 80
-model.tokenizer.num_bins = 1000
-model.tokenizer.eos_weight = 0.1  # the official release weighs EOS 0.1 with sequence augmentation
+model.task.tokenizer.num_classes = 80
+model.task.tokenizer.num_bins = 1000
+model.task.tokenizer.eos_weight = 0.1  # the official release weighs EOS 0.1 with sequence augmentation
 # Sequence-augmented models decode a fixed number of objects (100), ranked by class probability.
-model.decoding.strategy = "sample"
-model.decoding.top_p = 0.4
-model.decoding.seed = 0  # reproducible evaluation
-model.decoding.stop_at_eos = False
-model.score_mode = "class"
+model.task.decoding.strategy = "sample"
+model.task.decoding.top_p = 0.4
+model.task.decoding.seed = 0  # reproducible evaluation
+model.task.decoding.stop_at_eos = False
+model.task.score_mode = "class"
 
 # ---- data: sequence augmentation (noise objects fill every sequence up to max_objects, input classes
 # corrupted with "rand_n_fake_cls", as in the official release) ----
-dataloader.train.mapper.sequence_augmentation = L(SequenceAugmentation)(
+model.task.sequence_augmentation = L(SequenceAugmentation)(
     max_objects="${..max_objects}",
     noise_class_weight=1.0,
     class_corruption="rand_n_fake_cls",

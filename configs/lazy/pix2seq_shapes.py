@@ -38,9 +38,9 @@ model.encoder.num_heads = 4
 model.encoder.ffn_dim = 256
 model.encoder.dropout = 0.0  # the decoder follows the encoder's width, heads, FFN and dropout
 model.decoder.num_layers = 2
-model.decoder.max_objects = 10
-model.tokenizer.num_classes = 3
-model.tokenizer.num_bins = 96  # one bin per pixel
+model.task.max_objects = 10
+model.task.tokenizer.num_classes = 3
+model.task.tokenizer.num_bins = 96  # one bin per pixel
 
 # ---- data: see common/data/shapes.py ----
 

@@ -25,9 +25,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode, grammar_masks
+from pix2seq_d2.modeling.decoding import decode
 from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from pix2seq_d2.tasks import DecodingOptions, DetectionTask
 
 __all__ = [
     "COORDINATE_NAMES",
@@ -79,10 +79,11 @@ class ImageBeliefs:
     tokens: list[TokenBelief]  # the generated sequence, EOS included when generated
 
 
-def coordinate_distributions(logits: torch.Tensor, tokenizer: Pix2SeqTokenizer) -> torch.Tensor:
+def coordinate_distributions(logits: torch.Tensor, task: DetectionTask) -> torch.Tensor:
     """Logits ``[..., T, V]`` of generated positions -> ``[..., T // 5, 4, num_bins]``: for each
     object, the distribution of each coordinate (ymin xmin ymax xmax) over the coordinate bins."""
-    tpo = tokenizer.tokens_per_object
+    tokenizer = task.tokenizer
+    tpo = task.tokens_per_object
     k = logits.shape[-2] // tpo
     lo, hi = tokenizer.coord_token_range()
     objects = logits[..., : k * tpo, :].unflatten(-2, (k, tpo))
@@ -111,23 +112,25 @@ def read_beliefs(
         class_names: names of the contiguous class ids (default: the ids as text).
         options: decoding options (default: the model's); the strategy is always greedy.
     """
-    tokenizer = model.tokenizer
+    task, tokenizer = model.task, model.tokenizer
+    if not isinstance(task, DetectionTask):
+        raise ValueError(f"the beliefs picture draws boxes: it needs a detection model, not {task.name!r}")
     options = dataclasses.replace(options or model.decoding, strategy="greedy")
     images = model.preprocess_image(batched_inputs)
     memory, pos, padding = model.encode(images)
-    seqs = decode(model.decoder, tokenizer, memory, pos, padding, options, return_logits=True)
+    seqs = decode(model.decoder, task, memory, pos, padding, options, return_logits=True)
     resized = torch.tensor(images.image_sizes, dtype=torch.float)  # [B, 2]
     sizes = torch.tensor(
         [(x.get("height", h), x.get("width", w)) for x, (h, w) in zip(batched_inputs, images.image_sizes)]
     )
-    objects = tokenizer.decode(
-        seqs.tokens, seqs.token_logprobs, seqs.class_logprobs, resized, model.score_mode, options.grammar
+    objects = task.decode_objects(
+        seqs.tokens, seqs.token_logprobs, seqs.records["class_logprobs"], resized, task.score_mode, options.grammar
     )
     to_original = (sizes / resized).flip(-1).repeat(1, 2)  # [B, 4] w h w h
-    coord_probs = coordinate_distributions(seqs.logits, tokenizer).cpu()  # [B, K, 4, num_bins]
-    masks = grammar_masks(tokenizer, seqs.logits.device, options.stop_at_eos, options.allow_noise_class)
+    coord_probs = coordinate_distributions(seqs.logits, task).cpu()  # [B, K, 4, num_bins]
+    masks = task.grammar(seqs.logits.device, options.stop_at_eos, options.allow_noise_class)
     coord_lo, _ = tokenizer.coord_token_range()
-    tpo, class_slot = tokenizer.tokens_per_object, tokenizer.class_slot
+    tpo, class_slot = task.tokens_per_object, task.class_slot
     token_names = tokenizer.class_names(class_names)
     name_order = [tokenizer.slot_axes.index(_AXIS_NAMES.index(name)) for name in COORDINATE_NAMES]
     bin_values = tokenizer.bin_values().numpy()

@@ -13,9 +13,10 @@
   unpickler that only builds numpy arrays and basic containers. A file that needs anything
   else is refused with an error saying so; set the environment variable
   ``PIX2SEQ_TRUST_CHECKPOINTS=1`` to load files you trust without these restrictions.
-* **Vocabulary check.** A checkpoint whose token vocabulary (``NUM_CLASSES`` + ``NUM_BINS``)
-  or sequence length (``MAX_OBJECTS``) differs from the model's is an error naming those
-  keys, instead of detectron2's warning and silently re-initialised embeddings.
+* **The model's own checks.** A model that defines ``checkpoint_mismatch(state)`` says why a checkpoint
+  does not fit it (``Pix2Seq``: a token vocabulary or sequence length other than its own), an
+  :class:`IncompatibleCheckpointError` naming the keys to set, instead of detectron2's warning and
+  silently re-initialised embeddings. The checkpointer itself knows no model's parameter names.
 * **Files that are not checkpoints** are named as such before torch or pickle reads them
   (:class:`~.file_checks.NotACheckpointError`, :mod:`.file_checks`; files are read by :mod:`.weights_only`).
 * **Resume from a damaged folder** names the corrupt newest checkpoint and the newest intact one, or
@@ -34,7 +35,9 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
+from pix2seq_d2.utils.errors import UserError
 from pix2seq_d2.utils.file_io import TMP_SUFFIX, atomic_write
 
 from .file_checks import (
@@ -55,7 +58,7 @@ from .weights_only import (
     torch_load_weights_only,
 )
 
-__all__ = ["Pix2SeqCheckpointer", "load_inference_weights", "to_weights_only"]
+__all__ = ["IncompatibleCheckpointError", "Pix2SeqCheckpointer", "load_inference_weights", "to_weights_only"]
 
 def to_weights_only(obj: Any) -> Any:
     """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, so that
@@ -82,9 +85,8 @@ def to_weights_only(obj: Any) -> Any:
     return obj
 
 
-# Model parameters whose first dimension is the vocabulary size / the maximum sequence length.
-_VOCAB_SUFFIXES = ("token_embed.weight", "output_bias", "output_proj.weight")
-_LENGTH_SUFFIXES = ("pos_embed.weight",)
+class IncompatibleCheckpointError(UserError, ValueError):
+    """A checkpoint that loads but does not fit the model (its own check says why, e.g. another vocabulary)."""
 
 
 class Pix2SeqCheckpointer(DetectionCheckpointer):
@@ -197,7 +199,7 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
         state = checkpoint.get("model", {})
         if not checkpoint.get("matching_heuristics", False):
             self._check_keys(state)
-        self._check_vocabulary(state)
+        self._check_compatibility(state)
         return super()._load_model(checkpoint)
 
     def _check_keys(self, state: Mapping) -> None:
@@ -262,36 +264,15 @@ class Pix2SeqCheckpointer(DetectionCheckpointer):
             )
             return self.load(fallback)
 
-    def _check_vocabulary(self, state: dict) -> None:
-        """Raise a ``ValueError`` if the checkpoint's vocabulary or sequence length differs from the model's."""
-        own = self.model.state_dict()
-        problems = []
-        for key, value in state.items():
-            name = key[len("module.") :] if key.startswith("module.") and key not in own else key
-            if name not in own or not hasattr(value, "shape") or tuple(value.shape) == tuple(own[name].shape):
-                continue
-            got, want = tuple(value.shape), tuple(own[name].shape)
-            if name.endswith(_VOCAB_SUFFIXES) and got[:1] != want[:1]:
-                problems.append(f"{name}: vocabulary of {got[0]} tokens in the checkpoint, {want[0]} in the model")
-            elif name.endswith(_LENGTH_SUFFIXES) and got[:1] != want[:1]:
-                problems.append(f"{name}: {got[0]} sequence positions in the checkpoint, {want[0]} in the model")
-        if not problems:
-            return
-        tokenizer = getattr(self.model, "tokenizer", None)
-        settings = ""
-        if tokenizer is not None:
-            settings = (
-                f" (this model: TOKENIZER.LAYOUT={tokenizer.layout.name!r}, NUM_CLASSES={tokenizer.num_classes}, "
-                f"NUM_BINS={tokenizer.num_bins}, vocabulary {tokenizer.vocab_size})"
-            )
-        raise ValueError(
-            "The checkpoint was trained with another token vocabulary or sequence length: "
-            + "; ".join(problems)
-            + ". Set MODEL.PIX2SEQ.TOKENIZER.LAYOUT, NUM_CLASSES and NUM_BINS (the vocabulary size follows "
-            f"from them){settings}, and MODEL.PIX2SEQ.MAX_SEQ_LEN or MAX_OBJECTS / MAX_OBJECTS_TEST (sequence "
-            "positions = 5 x max(MAX_OBJECTS, MAX_OBJECTS_TEST) + 1) to the values it was trained with. A "
-            "converted checkpoint's own OUTPUT.yaml has them."
-        )
+    def _check_compatibility(self, state: Mapping) -> None:
+        """The model's own compatibility checks on the checkpoint's state dict (a model that defines
+        ``checkpoint_mismatch(state) -> str | None``, as ``Pix2Seq`` does: e.g. another token vocabulary,
+        which detectron2's loader would skip with a warning and leave the embedding random)."""
+        model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+        check = getattr(model, "checkpoint_mismatch", None)
+        mismatch = check(state) if callable(check) else None
+        if mismatch:
+            raise IncompatibleCheckpointError(mismatch)
 
 
 def load_inference_weights(cfg, model: torch.nn.Module) -> dict[str, Any]:

@@ -38,9 +38,9 @@ from detectron2.utils import comm
 
 from pix2seq_d2.data.image_io import IMAGE_FORMATS
 from pix2seq_d2.data.transforms import ColorJitter, build_pix2seq_augmentation, build_test_resize
-from pix2seq_d2.modeling.decoding import BOX_SOURCES, TOP_P_RULES, DecodingOptions
+from pix2seq_d2.tasks import TASK_REGISTRY, Pix2SeqTokenizer, build_task
+from pix2seq_d2.tasks.decoding_options import BOX_SOURCES, TOP_P_RULES, DecodingOptions
 from pix2seq_d2.tasks.sequence_augmentation import SequenceAugmentation
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 
 from .dataset_checks import dataset_problems
 from .problems import ConfigError, Problem, error, preview, report, warning
@@ -104,6 +104,22 @@ def _width_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
             )
 
 
+def _task_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
+    names = cfg.MODEL.PIX2SEQ.TASKS
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        yield error(f"MODEL.PIX2SEQ.TASKS = {names!r}: must be a list of task names, e.g. ['DetectionTask']")
+        return
+    names = list(names)
+    unknown = [name for name in names if name not in TASK_REGISTRY]
+    if unknown:
+        known = ", ".join(repr(name) for name, _ in sorted(TASK_REGISTRY))
+        yield error(f"MODEL.PIX2SEQ.TASKS = {names}: {unknown} are not registered tasks (TASK_REGISTRY: {known})")
+    elif len(names) != 1:
+        yield error(
+            f"MODEL.PIX2SEQ.TASKS = {names}: name exactly one task; joint training of several tasks is not built yet"
+        )
+
+
 def _tokenizer_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
     p = cfg.MODEL.PIX2SEQ
     if p.NUM_CLASSES == 0:  # "auto", unresolved: _auto_problems says so
@@ -117,8 +133,12 @@ def _tokenizer_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
         )
         return
     if p.MAX_SEQ_LEN and p.DECODER_POSITIONS == "learned":
+        try:
+            task = build_task(cfg, tokenizer)  # the task says how long its sequences get
+        except (ValueError, KeyError):
+            return  # an unknown task or bad decoding options: _task_problems and _decoding_problems say which
         objects = max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST) if for_training else p.MAX_OBJECTS_TEST
-        need = tokenizer.sequence_length(objects)
+        need = task.max_sequence_length(objects)
         if p.MAX_SEQ_LEN < need:
             which = "max(MAX_OBJECTS, MAX_OBJECTS_TEST)" if for_training else "MAX_OBJECTS_TEST"
             yield error(
@@ -250,6 +270,7 @@ def _canvas_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
 _CROSS_CHECKS: tuple[tuple[Callable[[CfgNode, bool], Iterable[Problem]], tuple[str, ...]], ...] = (
     (_auto_problems, ()),
     (_width_problems, (PIX2SEQ, "MODEL.VIT.")),
+    (_task_problems, (PIX2SEQ + "TASKS",)),
     (_tokenizer_problems, (PIX2SEQ,)),
     (_decoding_problems, (PIX2SEQ + "DECODE.", PIX2SEQ + "MAX_OBJECTS")),
     (_sequence_augmentation_problems, (PIX2SEQ + "SEQ_AUG.", PIX2SEQ + "MAX_OBJECTS")),

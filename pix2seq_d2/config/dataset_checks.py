@@ -15,7 +15,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from pix2seq_d2.data.datasets.coco import read_coco_categories
-from pix2seq_d2.tasks.tokenizer import VOCABULARY_LAYOUT_REGISTRY
+from pix2seq_d2.tasks.vocabulary import VOCABULARY_LAYOUT_REGISTRY
 
 from .problems import ConfigError, Problem, error, preview, report, warning
 

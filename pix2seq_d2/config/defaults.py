@@ -9,6 +9,9 @@ def add_pix2seq_config(cfg: CN) -> None:
     """Add the ``MODEL.PIX2SEQ`` and ``MODEL.SMALL_RESNET`` nodes (and a few solver keys) to ``cfg``."""
     cfg.MODEL.PIX2SEQ = CN()
     p = cfg.MODEL.PIX2SEQ
+    # The task the decoder writes, by its name in pix2seq_d2.tasks.TASK_REGISTRY ("DetectionTask": objects as
+    # box + class tokens). One task per model for now (docs/tasks.md: how to add a task).
+    p.TASKS = ["DetectionTask"]
     # Number of dataset classes (class tokens): len(thing_classes) of your dataset, NOT its largest
     # category id. 0 ("auto"): taken at start-up from DATASETS.TRAIN[0] (DATASETS.TEST[0] when
     # there is no training set), from its metadata or its COCO json's "categories", without loading

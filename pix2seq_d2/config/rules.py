@@ -24,9 +24,10 @@ from pix2seq_d2.modeling.backbone.resnet import STEM_POOL_PADDINGS
 from pix2seq_d2.modeling.meta_arch.pix2seq import INPUT_PROJECTIONS, POSITION_ENCODINGS
 from pix2seq_d2.modeling.transformer import ACTIVATIONS
 from pix2seq_d2.solver.precision import PRECISIONS
+from pix2seq_d2.tasks.detection import SCORE_MODES
 from pix2seq_d2.tasks.sequence_augmentation import CLASS_CORRUPTIONS
-from pix2seq_d2.tasks.tokenizer import SCORE_MODES, VOCABULARY_LAYOUT_REGISTRY
 from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS
+from pix2seq_d2.tasks.vocabulary import VOCABULARY_LAYOUT_REGISTRY
 
 from .problems import Problem
 

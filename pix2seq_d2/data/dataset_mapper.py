@@ -5,11 +5,11 @@ Reads the image with :func:`~pix2seq_d2.data.image_io.read_image_checked` (EXIF 
 the augmentations of :func:`~pix2seq_d2.data.transforms.build_pix2seq_augmentation`
 (``ResizeShortestEdge`` + ``RandomFlip`` by default; large-scale jitter and colour jitter
 from ``INPUT.LSJ`` / ``INPUT.COLOR_JITTER``), transforms the boxes, drops crowd and
-degenerate boxes (including boxes entirely outside the image or cropped away), and makes the
-training sequence ``seq_input`` / ``seq_target`` / ``seq_weight`` with
-:class:`~pix2seq_d2.tasks.training_sequences.TrainingSequenceBuilder`: the objects ordered (randomly
-in training), at most ``MAX_OBJECTS`` of them, noise objects when sequence augmentation is on
-— the same code the model runs on batches from other mappers.
+degenerate boxes (including boxes entirely outside the image or cropped away), and has the model's
+task make the training sequence ``seq_input`` / ``seq_target`` / ``seq_weight``
+(:meth:`~pix2seq_d2.tasks.Task.example`; for detection the objects ordered, randomly in training, at
+most ``MAX_OBJECTS`` of them, noise objects when sequence augmentation is on) — the same code the model
+runs on batches from other mappers.
 
 Multi-crop (``INPUT.MULTI_CROP.NUM_VIEWS`` > 1, training only): the image is read once and
 augmented into that many independent views, each with its own boxes and sequence. The
@@ -32,13 +32,11 @@ from detectron2.structures import Instances
 
 from pix2seq_d2.data.annotation_checks import drop_invalid_annotations
 from pix2seq_d2.data.image_io import read_image_checked
-from pix2seq_d2.tasks.sequence_augmentation import SequenceAugmentation
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
-from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
+from pix2seq_d2.tasks import Task, build_task
 
 from .transforms import build_pix2seq_augmentation
 
-__all__ = ["Pix2SeqDatasetMapper", "OBJECT_ORDERS", "expand_views"]
+__all__ = ["Pix2SeqDatasetMapper", "expand_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,23 +62,17 @@ class Pix2SeqDatasetMapper:
         *,
         augmentations: list,
         image_format: str,
-        tokenizer: Pix2SeqTokenizer,
-        max_objects: int,
-        object_order: str = "random",
-        sequence_augmentation: SequenceAugmentation | None = None,
+        task: Task,
         use_annotations: bool | None = None,
         num_views: int = 1,
     ):
         """
         Args:
-            is_train: training mode (random object order, annotations used).
+            is_train: training mode (the task's random choices, e.g. a random object order; annotations used).
             augmentations: detectron2 ``Augmentation``/``Transform`` list applied to image and boxes.
             image_format: an ``INPUT.FORMAT`` such as "BGR" or "RGB".
-            tokenizer: turns the objects into tokens.
-            max_objects: at most this many objects per sequence.
-            object_order: a key of ``OBJECT_ORDERS``. "random" shuffles the objects of every
-                training example and keeps the dataset's order at test time.
-            sequence_augmentation: fills training sequences with noise objects (None: off).
+            task: the model's task: it says which annotation fields it reads and turns the augmented
+                ground truth into the sequence (:meth:`~pix2seq_d2.tasks.Task.example`).
             use_annotations: tokenize annotations; defaults to ``is_train``.
             num_views: training only: independently augmented views per image (multi-crop);
                 more than 1 adds ``"views"`` to the output (see :func:`expand_views`).
@@ -90,13 +82,7 @@ class Pix2SeqDatasetMapper:
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
-        self.tokenizer = tokenizer
-        self.sequences = TrainingSequenceBuilder(
-            tokenizer,
-            max_objects,
-            "none" if object_order == "random" and not is_train else object_order,
-            sequence_augmentation if is_train else None,
-        )
+        self.task = task
         self.use_annotations = is_train if use_annotations is None else use_annotations
         self.num_views = num_views if is_train else 1
         mode = "training" if is_train else "inference"
@@ -104,15 +90,11 @@ class Pix2SeqDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
-        sequences = TrainingSequenceBuilder.from_config(cfg, is_train=True)  # the mapper applies is_train
         return {
             "is_train": is_train,
             "augmentations": build_pix2seq_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "tokenizer": sequences.tokenizer,
-            "max_objects": sequences.max_objects,
-            "object_order": sequences.object_order,
-            "sequence_augmentation": sequences.sequence_augmentation,
+            "task": build_task(cfg),
             "num_views": cfg.INPUT.MULTI_CROP.NUM_VIEWS,
         }
 
@@ -121,7 +103,7 @@ class Pix2SeqDatasetMapper:
         # Clear errors naming the file (BadInputError: the training loader skips the image).
         image = read_image_checked(dataset_dict, self.image_format, self.augmentations)
         if self.use_annotations:  # drop NaN / negative-size boxes (warning); unknown classes: error
-            drop_invalid_annotations(dataset_dict, self.tokenizer.num_classes)
+            drop_invalid_annotations(dataset_dict, self.task.tokenizer.num_classes)
         annotations = dataset_dict.pop("annotations", None)
         if self.num_views == 1:
             return self.map_view(dataset_dict, image, annotations)
@@ -141,22 +123,22 @@ class Pix2SeqDatasetMapper:
         if not self.use_annotations or annotations is None:
             return dataset_dict
         instances = self.transform_annotations(annotations, transforms, image_hw)
-        # The model's own path for batches without token tensors, here for a batch of one.
-        sequences = self.sequences(ObjectBatch.from_instances([instances]))
-        dataset_dict["instances"] = instances[sequences.objects[0, : int(sequences.num_objects[0])]]
-        tokens = sequences.row(0)
+        # The task's own code for the model's batches without token tensors, here for one image.
+        dataset_dict["instances"], tokens = self.task.example(instances, self.is_train)
         dataset_dict["seq_input"] = tokens.input
         dataset_dict["seq_target"] = tokens.target
         dataset_dict["seq_weight"] = tokens.weight
         return dataset_dict
 
     def transform_annotations(self, annotations: list[dict], transforms, image_hw: tuple[int, int]) -> Instances:
-        """Boxes into the augmented image, clipped; crowd and degenerate (empty after clipping) dropped."""
+        """Boxes (and the other annotation fields the task reads) into the augmented image, boxes clipped;
+        crowd and degenerate (empty after clipping) dropped."""
+        unread = {"segmentation", "keypoints"} - set(self.task.annotation_keys)
         kept = []
         for obj in annotations:
             if obj.get("iscrowd", 0) != 0:
                 continue
-            obj = {k: v for k, v in obj.items() if k not in ("segmentation", "keypoints")}
+            obj = {k: v for k, v in obj.items() if k not in unread}
             kept.append(utils.transform_instance_annotations(obj, transforms, image_hw))
         instances = utils.annotations_to_instances(kept, image_hw)
         instances.gt_boxes.clip(image_hw)

@@ -48,7 +48,7 @@ from pix2seq_d2.evaluation.coco_evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluator
 from pix2seq_d2.modeling.ema import ModelEMA
 from pix2seq_d2.solver.build import build_lr_scheduler, build_optimizer
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from pix2seq_d2.tasks import build_task
 
 
 def share_cpu_threads_among_workers() -> int:
@@ -153,7 +153,7 @@ class Pix2SeqTrainer(DefaultTrainer):
         )
         if not cfg.TEST.SEQ_LIKELIHOOD:
             return coco
-        return DatasetEvaluators([coco, SequenceLikelihoodEvaluator(Pix2SeqTokenizer.from_config(cfg))])
+        return DatasetEvaluators([coco, SequenceLikelihoodEvaluator(build_task(cfg))])
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

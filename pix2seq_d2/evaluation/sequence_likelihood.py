@@ -2,8 +2,8 @@
 
 A validation loss for a model whose AP needs a full decode: with teacher forcing, the
 negative log-likelihood (NLL, nats per token) and perplexity (``exp(NLL)``) of the
-ground-truth tokens, overall and split by token kind — coordinate bins, class tokens and
-EOS — and the class-token accuracy (percent of class targets whose most likely token is
+ground-truth tokens, overall and split by the task's token kinds (detection: coordinate bins, class
+tokens and EOS) and the class-token accuracy (percent of class targets whose most likely token is
 the right class). Every token weighs 1 (the loss weights of training do not apply).
 
 The model computes the per-token numbers during inference when the test mapper gives it
@@ -22,32 +22,31 @@ import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from pix2seq_d2.tasks import Task
 
 logger = logging.getLogger(__name__)
-
-TOKEN_KINDS = ("coord", "class", "eos")
-
 
 class SequenceLikelihoodEvaluator(DatasetEvaluator):
     """Teacher-forced NLL / perplexity by token kind and class accuracy (see the module docstring)."""
 
-    def __init__(self, tokenizer: Pix2SeqTokenizer, distributed: bool = True):
-        self.tokenizer = tokenizer
+    def __init__(self, task: Task, distributed: bool = True):
+        """``task``: the model's task, which says the kind of each target token."""
+        self.task = task
         self.distributed = distributed
+        self.kinds = tuple(task.token_kinds(torch.zeros(0, dtype=torch.long)))  # the task's token kinds, in order
         self.reset()
 
     def reset(self) -> None:
         # Per kind: [sum of NLL, number of tokens]; plus correct class predictions and images seen.
-        self._nll = dict.fromkeys(TOKEN_KINDS, 0.0)
-        self._count = dict.fromkeys(TOKEN_KINDS, 0)
+        self._nll = dict.fromkeys(self.kinds, 0.0)
+        self._count = dict.fromkeys(self.kinds, 0)
         self._class_correct = 0
         self._images = 0
         self._without_sequence = 0
 
     def token_kinds(self, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Boolean masks over ``target`` for each token kind (PAD belongs to none)."""
-        return self.tokenizer.token_kinds(target)
+        return self.task.token_kinds(target)
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for output in outputs:
@@ -70,7 +69,7 @@ class SequenceLikelihoodEvaluator(DatasetEvaluator):
             if not comm.is_main_process():
                 return {}
             totals = [
-                {k: sum(g[i][k] for g in gathered) for k in TOKEN_KINDS} if i < 2 else sum(g[i] for g in gathered)
+                {k: sum(g[i][k] for g in gathered) for k in self.kinds} if i < 2 else sum(g[i] for g in gathered)
                 for i in range(len(totals))
             ]
         nll, count, class_correct, images, without_sequence = totals
@@ -85,10 +84,10 @@ class SequenceLikelihoodEvaluator(DatasetEvaluator):
         total_tokens = sum(count.values())
         results["nll"] = sum(nll.values()) / max(total_tokens, 1)
         results["perplexity"] = math.exp(results["nll"])
-        for kind in TOKEN_KINDS:
+        for kind in self.kinds:
             if count[kind]:
                 results[f"nll_{kind}"] = nll[kind] / count[kind]
                 results[f"perplexity_{kind}"] = math.exp(results[f"nll_{kind}"])
-        if count["class"]:
+        if count.get("class"):
             results["class_accuracy"] = 100.0 * class_correct / count["class"]
         return {"seq_likelihood": results}

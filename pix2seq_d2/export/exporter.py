@@ -43,10 +43,10 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from pix2seq_d2.config import ConfigError
-from pix2seq_d2.modeling.decoding import DecodedSequences, DecodingOptions, decode
-from pix2seq_d2.modeling.meta_arch.pix2seq import DetectionSettings, Pix2Seq
+from pix2seq_d2.modeling.decoding import DecodedSequences, decode
+from pix2seq_d2.modeling.meta_arch.pix2seq import Pix2Seq
 from pix2seq_d2.modeling.transformer import DecoderCache
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from pix2seq_d2.tasks import DecodingOptions, build_task
 
 __all__ = [
     "ExportableEncoder",
@@ -225,6 +225,7 @@ class _OnnxStepDecoder:
 
     def __init__(self, session, cross_k: torch.Tensor, cross_v: torch.Tensor):
         self.session, self.cross_k, self.cross_v = session, cross_k, cross_v
+        self.vocab_size = int(session.get_outputs()[0].shape[-1])
 
     def start(self, memory: torch.Tensor, memory_pos, memory_padding: torch.Tensor, max_len: int) -> DecoderCache:
         num_layers, b, heads, _, dh = self.cross_k.shape
@@ -269,12 +270,10 @@ class OnnxPix2SeqRunner:
     def __init__(self, cfg: CfgNode, encoder_path: str, step_path: str, num_threads: int = 0):
         import onnxruntime as ort
 
-        decoding = greedy_decoding_options(cfg)
+        self.decoding = greedy_decoding_options(cfg)
         p = cfg.MODEL.PIX2SEQ
-        self.tokenizer = Pix2SeqTokenizer.from_config(cfg)
-        self.settings = DetectionSettings(
-            self.tokenizer, decoding, p.DECODE.SCORE, p.SCORE_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE
-        )
+        self.task = build_task(cfg)  # the model's task: prompt, grammar, outputs
+        self.tokenizer = self.task.tokenizer
         self.pixel_mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
         self.pixel_std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
         self.pad_value = p.PAD_VALUE
@@ -319,14 +318,14 @@ class OnnxPix2SeqRunner:
         images = self.preprocess(batched_inputs)
         memory, pos, padding, cross_k, cross_v = self.encode(images)
         decoder = _OnnxStepDecoder(self.step, cross_k, cross_v)
-        return decode(decoder, self.tokenizer, memory, pos, padding, self.settings.decoding), images
+        return decode(decoder, self.task, memory, pos, padding, self.decoding), images
 
-    def detections(
+    def outputs(
         self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
     ) -> list[dict]:
-        """:meth:`Pix2Seq.detections` with this runner's tokenizer, decoding options and test thresholds."""
-        return self.settings.detections(batched_inputs, sequences, images, do_postprocess)
+        """:meth:`Pix2Seq.outputs` with this runner's task and decoding options."""
+        return self.task.outputs(batched_inputs, sequences, images, do_postprocess, self.decoding)
 
     def __call__(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
         """-> ``[{"instances": Instances}]``, as :meth:`Pix2Seq.inference`."""
-        return self.detections(batched_inputs, *self.generate(batched_inputs), do_postprocess)
+        return self.outputs(batched_inputs, *self.generate(batched_inputs), do_postprocess)

@@ -28,10 +28,14 @@ Input-side class corruption (the teacher-forcing input only; targets never chang
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .tokenizer import Pix2SeqTokenizer, TokenizedObjects, box_scale
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer, TokenSequences, box_scale
+
+if TYPE_CHECKING:
+    from .detection import DetectionTask
 
 CLASS_CORRUPTIONS = ("none", "rand_cls", "real_n_fake_cls", "rand_n_fake_cls", "real_n_rand_n_fake_cls")
 NOISE_BOX_KINDS = ("random", "jitter", "duplicate")
@@ -146,13 +150,13 @@ class SequenceAugmentation:
 
     def encode_batch(
         self,
-        tokenizer: Pix2SeqTokenizer,
+        task: DetectionTask,
         boxes_xyxy: torch.Tensor,
         classes: torch.Tensor,
         num_real: torch.Tensor,
         image_hw: torch.Tensor,
         draws: NoiseDraws,
-    ) -> TokenizedObjects:
+    ) -> TokenSequences:
         """A batch of images' real objects (boxes ``[B, K, 4]``, classes ``[B, K]``, the first
         ``num_real [B]`` of each row, in order; at most ``max_objects`` used) + noise objects up to
         ``max_objects`` -> input, target and weight ``[B, 5 * max_objects + 1]``.
@@ -162,7 +166,8 @@ class SequenceAugmentation:
         tokenizer's ``eos_weight``. Inputs: START, then every object with its class token
         corrupted according to ``class_corruption``.
         """
-        m, cs = self.max_objects, tokenizer.class_slot
+        tokenizer = task.tokenizer
+        m, cs = self.max_objects, task.class_slot
         b, k = classes.shape
         if k < m:  # room for every slot
             boxes_xyxy = torch.cat([boxes_xyxy, boxes_xyxy.new_zeros(b, m - k, 4)], 1)
@@ -173,16 +178,16 @@ class SequenceAugmentation:
         tokenizer.check_classes(classes[~is_noise])
         noise = self.noise_boxes_batch(boxes_xyxy, num_real, image_hw, draws)  # [B, M, 4]
         boxes = torch.where(is_noise[..., None], noise, boxes_xyxy.float())
-        objects = tokenizer.object_tokens(boxes, classes.masked_fill(is_noise, 0), image_hw)  # [B, M, 5]
+        objects = task.object_tokens(boxes, classes.masked_fill(is_noise, 0), image_hw)  # [B, M, 5]
         objects[..., cs] = objects[..., cs].masked_fill(is_noise, tokenizer.NOISE)
         weights = torch.ones(objects.shape, device=objects.device)  # [B, M, 5]
-        coordinate_slots = torch.arange(tokenizer.tokens_per_object, device=objects.device) != cs  # [5]
+        coordinate_slots = torch.arange(task.tokens_per_object, device=objects.device) != cs  # [5]
         weights[is_noise[..., None] & coordinate_slots] = 0.0
         weights[..., cs] = weights[..., cs].masked_fill(is_noise, self.noise_class_weight)
         inputs = objects.clone()
         inputs[..., cs] = self.corrupt_classes_batch(objects[..., cs], tokenizer, draws)
         all_slots = torch.full_like(num_real, m)
-        return tokenizer.wrap_batch(objects.flatten(1), weights.flatten(1), all_slots, inputs.flatten(1))
+        return task.wrap_batch(objects.flatten(1), weights.flatten(1), all_slots, inputs.flatten(1))
 
     # ---- one image (the same code, a batch of one) ----------------------------------------
     def noise_boxes(
@@ -202,16 +207,16 @@ class SequenceAugmentation:
 
     def encode(
         self,
-        tokenizer: Pix2SeqTokenizer,
+        task: DetectionTask,
         boxes_xyxy: torch.Tensor,
         classes: torch.Tensor,
         image_hw: tuple[int, int],
         generator: torch.Generator | None = None,
-    ) -> TokenizedObjects:
+    ) -> TokenSequences:
         """One image's objects (in the order given) -> tensors of length ``5 * max_objects + 1``
         (see :meth:`encode_batch`)."""
         draws = self.draw(1, boxes_xyxy.device, generator)
         sizes = torch.tensor([image_hw], device=boxes_xyxy.device)
         num_real = torch.tensor([len(classes)], device=boxes_xyxy.device)
-        out = self.encode_batch(tokenizer, boxes_xyxy.reshape(1, -1, 4), classes.reshape(1, -1), num_real, sizes, draws)
-        return TokenizedObjects(input=out.input[0], target=out.target[0], weight=out.weight[0])
+        out = self.encode_batch(task, boxes_xyxy.reshape(1, -1, 4), classes.reshape(1, -1), num_real, sizes, draws)
+        return TokenSequences(input=out.input[0], target=out.target[0], weight=out.weight[0])

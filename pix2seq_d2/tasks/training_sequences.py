@@ -18,13 +18,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from detectron2.config import CfgNode
 from detectron2.structures import Instances
 
+from pix2seq_d2.tasks.tokenizer import TokenSequences, box_scale
+
 from .sequence_augmentation import NoiseDraws, SequenceAugmentation
-from .tokenizer import Pix2SeqTokenizer, TokenizedObjects, box_scale
+
+if TYPE_CHECKING:
+    from .detection import DetectionTask
 
 __all__ = ["OBJECT_ORDERS", "ObjectBatch", "SequenceDraws", "TrainingSequences", "TrainingSequenceBuilder"]
 
@@ -113,16 +117,16 @@ class SequenceDraws:
 class TrainingSequences:
     """A batch's training sequences and which objects they hold."""
 
-    tokens: TokenizedObjects  # input / target / weight [B, T], rows padded with PAD and weight 0
+    tokens: TokenSequences  # input / target / weight [B, T], rows padded with PAD and weight 0
     lengths: torch.Tensor  # int64 [B]: each row's sequence length (before padding)
     objects: torch.Tensor  # int64 [B, K]: index into the ObjectBatch's N of each real object, in order
     num_objects: torch.Tensor  # int64 [B]: real objects per row (the first ones of ``objects``)
 
-    def row(self, i: int) -> TokenizedObjects:
+    def row(self, i: int) -> TokenSequences:
         """Image ``i``'s sequence, unpadded."""
         n = int(self.lengths[i])
         t = self.tokens
-        return TokenizedObjects(input=t.input[i, :n], target=t.target[i, :n], weight=t.weight[i, :n])
+        return TokenSequences(input=t.input[i, :n], target=t.target[i, :n], weight=t.weight[i, :n])
 
 
 class TrainingSequenceBuilder:
@@ -130,14 +134,14 @@ class TrainingSequenceBuilder:
 
     def __init__(
         self,
-        tokenizer: Pix2SeqTokenizer,
+        task: DetectionTask,
         max_objects: int,
         object_order: str = "random",
         sequence_augmentation: SequenceAugmentation | None = None,
     ):
         """
         Args:
-            tokenizer: turns the objects into tokens.
+            task: the detection task, whose format turns the objects into tokens.
             max_objects: at most this many objects per sequence.
             object_order: a key of ``OBJECT_ORDERS``.
             sequence_augmentation: fills the sequences with noise objects (None: off).
@@ -146,30 +150,10 @@ class TrainingSequenceBuilder:
             raise ValueError(f"object order must be one of {sorted(OBJECT_ORDERS)}, got {object_order!r}")
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
-        self.tokenizer = tokenizer
+        self.task = task
         self.max_objects = max_objects
         self.object_order = object_order
         self.sequence_augmentation = sequence_augmentation
-
-    @classmethod
-    def from_config(
-        cls, cfg: CfgNode, is_train: bool = True, tokenizer: Pix2SeqTokenizer | None = None
-    ) -> TrainingSequenceBuilder:
-        """``MODEL.PIX2SEQ``'s tokenizer (``tokenizer``: one already built from it), ``MAX_OBJECTS``,
-        ``OBJECT_ORDER`` and ``SEQ_AUG``; at test time (``is_train`` False) the dataset's order
-        ("random" becomes "none") and no noise."""
-        p = cfg.MODEL.PIX2SEQ
-        seq_aug = None
-        if p.SEQ_AUG.ENABLED and is_train:
-            seq_aug = SequenceAugmentation(
-                max_objects=p.MAX_OBJECTS,
-                noise_class_weight=p.SEQ_AUG.NOISE_CLASS_WEIGHT,
-                class_corruption=p.SEQ_AUG.CLASS_CORRUPTION,
-                jitter=p.SEQ_AUG.JITTER,
-                duplicate_jitter=p.SEQ_AUG.DUPLICATE_JITTER,
-            )
-        order = "none" if p.OBJECT_ORDER == "random" and not is_train else p.OBJECT_ORDER
-        return cls(tokenizer or Pix2SeqTokenizer.from_config(cfg), p.MAX_OBJECTS, order, seq_aug)
 
     def __repr__(self) -> str:
         return (
@@ -206,9 +190,9 @@ class TrainingSequenceBuilder:
         classes = objects.classes.gather(1, index)  # [B, K]
         aug = self.sequence_augmentation
         if aug is None:
-            tokens = self.tokenizer.encode_batch(boxes, classes, num_objects, objects.image_hw)
-            lengths = self.tokenizer.sequence_length(num_objects)
+            tokens = self.task.encode_batch(boxes, classes, num_objects, objects.image_hw)
+            lengths = self.task.sequence_length(num_objects)
         else:
-            tokens = aug.encode_batch(self.tokenizer, boxes, classes, num_objects, objects.image_hw, draws.noise)
-            lengths = torch.full_like(num_objects, self.tokenizer.sequence_length(aug.max_objects))
+            tokens = aug.encode_batch(self.task, boxes, classes, num_objects, objects.image_hw, draws.noise)
+            lengths = torch.full_like(num_objects, self.task.sequence_length(aug.max_objects))
         return TrainingSequences(tokens, lengths, index, num_objects)

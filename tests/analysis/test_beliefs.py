@@ -15,7 +15,7 @@ from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.analysis.beliefs import coordinate_distributions, draw_beliefs, read_beliefs
 from pix2seq_d2.data.image_io import BadInputError
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
-from tests.helpers import REPO_ROOT, tiny_cfg, write_image
+from tests.helpers import REPO_ROOT, detection_task, tiny_cfg, write_image
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import visualize_beliefs  # noqa: E402
@@ -40,12 +40,12 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 def test_coordinate_distributions_use_only_the_coordinate_bins():
     tokenizer = Pix2SeqTokenizer(num_classes=3, num_bins=10)
     logits = torch.randn(2, 11, tokenizer.vocab_size)  # two objects and a trailing EOS position
-    dists = coordinate_distributions(logits, tokenizer)
+    dists = coordinate_distributions(logits, detection_task(tokenizer))
     assert dists.shape == (2, 2, 4, 10)
     assert torch.allclose(dists.sum(-1), torch.ones(2, 2, 4))
     changed = logits.clone()
     changed[..., : tokenizer.coord_token_range()[0]] += 5.0  # special and class tokens do not matter
-    assert torch.allclose(coordinate_distributions(changed, tokenizer), dists)
+    assert torch.allclose(coordinate_distributions(changed, detection_task(tokenizer)), dists)
     lo, _ = tokenizer.coord_token_range()
     assert torch.equal(dists.argmax(-1), logits[:, :10].reshape(2, 2, 5, -1)[:, :, :4, lo:].argmax(-1))
 

@@ -15,9 +15,10 @@ import torch
 from detectron2.structures import ImageList
 
 from pix2seq_d2.modeling.backbone.resnet import max_pool_tf_same
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode
-from pix2seq_d2.modeling.meta_arch.pix2seq import image_sizes_tensor
+from pix2seq_d2.modeling.decoding import decode
 from pix2seq_d2.modeling.transformer import sincos_position_table
+from pix2seq_d2.tasks import DecodingOptions
+from pix2seq_d2.utils.structures import image_sizes_tensor
 from tests.helpers.peer_fixtures import REL_TOL, case_id, cases, converted_model, load_io, nhwc, rel_error
 
 MODEL_CASES = cases("model")
@@ -119,12 +120,12 @@ def test_greedy_tokens_and_step_logits(case):
     model, _ = converted_model(case)
     io = load_io(case)
     steps = io["greedy_tokens"].shape[1]
-    tpo = model.tokenizer.tokens_per_object
+    tpo = model.task.tokens_per_object
     options = DecodingOptions(strategy="greedy", grammar=False, stop_at_eos=False, max_objects=-(-steps // tpo))
     assert int(io["prompt"][0, 0]) == model.tokenizer.START
     with torch.no_grad():
         memory, pos, padding = model.encode(_images(io))
-        out = decode(model.decoder, model.tokenizer, memory, pos, padding, options, return_logits=True)
+        out = decode(model.decoder, model.task, memory, pos, padding, options, return_logits=True)
     assert torch.equal(out.tokens[:, :steps], torch.from_numpy(io["greedy_tokens"]))
     assert rel_error(out.logits[:, :steps], io["greedy_logits"]) < REL_TOL
 
@@ -189,7 +190,7 @@ def test_end_to_end_detections(case, from_raw):
         strategy="greedy",
         grammar=False,
         stop_at_eos=False,
-        max_objects=steps // model.tokenizer.tokens_per_object,
+        max_objects=steps // model.task.tokens_per_object,
     )
     inputs = _e2e_inputs(io, from_raw, model)
     if from_raw:  # our resize + padding against the official preprocessing: within 1/255

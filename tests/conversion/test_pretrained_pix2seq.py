@@ -11,9 +11,10 @@ import pytest
 import torch
 from detectron2.structures import ImageList
 
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode
-from pix2seq_d2.modeling.meta_arch.pix2seq import image_sizes_tensor
+from pix2seq_d2.modeling.decoding import decode
 from pix2seq_d2.modeling.transformer import sine_position_encoding
+from pix2seq_d2.tasks import DecodingOptions
+from pix2seq_d2.utils.structures import image_sizes_tensor
 from tests.helpers.peer_fixtures import REL_TOL, case_id, cases, converted_model, load_io, rel_error
 
 CASES = cases("pretrained")
@@ -74,14 +75,14 @@ def test_greedy_tokens_logits_and_postprocess(case):
     model, converted = converted_model(case)
     io = load_io(case)
     steps = io["greedy_tokens"].shape[1]
-    tpo = model.tokenizer.tokens_per_object
+    tpo = model.task.tokens_per_object
     options = DecodingOptions(
         strategy="greedy", grammar=False, stop_at_eos=False, max_objects=steps // tpo, box_from="argmax"
     )
     images = _batch(io)
     with torch.no_grad():
         memory, pos, padding = model.encode(images)
-        out = decode(model.decoder, model.tokenizer, memory, pos, padding, options, return_logits=True)
+        out = decode(model.decoder, model.task, memory, pos, padding, options, return_logits=True)
     head = io["greedy_logits_head"].shape[1]
     assert torch.equal(out.tokens, torch.from_numpy(io["greedy_tokens"]))
     assert rel_error(out.logits[:, :head], io["greedy_logits_head"]) < REL_TOL
@@ -91,7 +92,7 @@ def test_greedy_tokens_logits_and_postprocess(case):
     # neither clips nor sorts box corners (a random model's boxes leave the image), so they are
     # compared before detectron2's detector_postprocess, which clips to the image.
     model.decoding = options
-    results = model.detections([{}] * len(images), out, images, do_postprocess=False)
+    results = model.outputs([{}] * len(images), out, images, do_postprocess=False)
     category_ids = list(converted.config().MODEL.PIX2SEQ.TOKENIZER.CATEGORY_IDS)
     for i, result in enumerate(results):
         inst = result["instances"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
-from pix2seq_d2.tasks.tokenizer import TOKENS_PER_OBJECT
+from pix2seq_d2.tasks.detection import TOKENS_PER_OBJECT
 from tests.helpers import box_annotation, tiny_cfg, write_image
 
 
@@ -39,8 +39,8 @@ def test_outputs_and_box_scaling(rgb_file):
 def test_image_without_objects_gives_start_and_eos(rgb_file):
     m = mapper(True)
     out = m(dataset_dict(rgb_file, 64, 96, []))
-    assert out["seq_input"].tolist() == [m.tokenizer.START]
-    assert out["seq_target"].tolist() == [m.tokenizer.EOS]
+    assert out["seq_input"].tolist() == [m.task.tokenizer.START]
+    assert out["seq_target"].tolist() == [m.task.tokenizer.EOS]
 
 
 def test_crowd_degenerate_and_outside_boxes_are_dropped_partial_boxes_clipped(rgb_file):

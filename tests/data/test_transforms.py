@@ -28,8 +28,8 @@ from pix2seq_d2.data.transforms import (
     RandomFixedSizeCrop,
     build_pix2seq_augmentation,
 )
-from pix2seq_d2.tasks.tokenizer import TOKENS_PER_OBJECT
-from tests.helpers import REPO_ROOT, box_annotation, tiny_cfg, write_image
+from pix2seq_d2.tasks.detection import TOKENS_PER_OBJECT
+from tests.helpers import REPO_ROOT, box_annotation, detection_task, tiny_cfg, write_image
 
 SIZE = 96  # INPUT.LSJ.IMAGE_SIZE in these tests
 WHITE_BOX = (6, 8, 30, 32)  # x0 y0 x1 y1, class 0
@@ -97,7 +97,7 @@ def check_boxes_match_image(out: dict, tokenizer) -> None:
     n = len(boxes)
     assert len(out["seq_target"]) == TOKENS_PER_OBJECT * n + 1
     tokens = out["seq_target"][:-1].reshape(1, -1)  # [1, 5n]
-    decoded = tokenizer.decode(
+    decoded = detection_task(tokenizer).decode_objects(
         tokens, torch.zeros(tokens.shape), torch.zeros(1, n, tokenizer.num_classes), torch.tensor([[h, w]])
     )
     assert decoded.valid.all()
@@ -195,7 +195,7 @@ def test_lsj_flip_and_colour_keep_boxes_on_the_rectangles(scene):
         np.random.seed(seed)
         torch.manual_seed(seed)
         out = mapper(scene)
-        check_boxes_match_image(out, mapper.tokenizer)
+        check_boxes_match_image(out, mapper.task.tokenizer)
         h, w = out["image"].shape[1:]
         assert h <= SIZE and w <= SIZE
         sizes.add((h, w))
@@ -214,7 +214,7 @@ def test_lsj_output_is_image_size_square_when_scaled_up(scene):
         np.random.seed(seed)
         out = mapper(scene)
         assert out["image"].shape == (3, SIZE, SIZE)
-        check_boxes_match_image(out, mapper.tokenizer)
+        check_boxes_match_image(out, mapper.task.tokenizer)
 
 
 def test_boxes_cropped_away_entirely_are_dropped(tmp_path):
@@ -231,7 +231,7 @@ def test_boxes_cropped_away_entirely_are_dropped(tmp_path):
         np.random.seed(seed)
         out = mapper(dd)
         assert out["image"].shape == (3, 64, 64)
-        check_boxes_match_image(out, mapper.tokenizer)
+        check_boxes_match_image(out, mapper.task.tokenizer)
         counts.append(len(out["instances"]))
     assert max(counts) == 1 and 0 in counts and 1 in counts
 
@@ -322,7 +322,7 @@ def test_multi_crop_gives_independent_views(scene):
     for view in views:
         assert "views" not in view and "annotations" not in view
         assert (view["height"], view["width"], view["image_id"]) == (72, 96, 1)
-        check_boxes_match_image(view, mapper.tokenizer)
+        check_boxes_match_image(view, mapper.task.tokenizer)
     for i in range(3):
         for j in range(i + 1, 3):
             a, b = views[i]["image"], views[j]["image"]

@@ -15,7 +15,8 @@ from detectron2.modeling import build_model
 from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTokenizer
 from pix2seq_d2.engine.distributed import leave_process_group
 from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluator
-from tests.helpers import tiny_cfg
+from pix2seq_d2.tasks import build_task
+from tests.helpers import detection_task, tiny_cfg
 
 
 def direct_likelihood(model, mapper, dataset_dicts, tokenizer) -> dict:
@@ -50,7 +51,7 @@ def test_evaluator_numbers_match_a_direct_computation(two_images):
     model = build_model(cfg).eval()
     tokenizer = Pix2SeqTokenizer.from_config(cfg)
     mapper = Pix2SeqDatasetMapper(cfg, is_train=False, use_annotations=True)
-    evaluator = SequenceLikelihoodEvaluator(tokenizer)
+    evaluator = SequenceLikelihoodEvaluator(detection_task(tokenizer))
     loader = build_detection_test_loader(cfg, name, mapper=mapper)
     results = inference_on_dataset(model, loader, evaluator)["seq_likelihood"]
 
@@ -67,7 +68,7 @@ def test_images_without_sequences_are_left_out_with_a_warning(two_images, caplog
     name, _ = two_images
     cfg = tiny_cfg("MODEL.PIX2SEQ.MAX_OBJECTS_TEST", 2)
     model = build_model(cfg).eval()
-    evaluator = SequenceLikelihoodEvaluator(Pix2SeqTokenizer.from_config(cfg))
+    evaluator = SequenceLikelihoodEvaluator(build_task(cfg))
     loader = build_detection_test_loader(cfg, name, mapper=Pix2SeqDatasetMapper(cfg, is_train=False))
     with caplog.at_level("WARNING"):
         assert inference_on_dataset(model, loader, evaluator) == {}
@@ -96,7 +97,7 @@ def _evaluate_shard(rank: int, world_size: int, init_file: str, out_dir: str) ->
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     tokenizer = Pix2SeqTokenizer(num_classes=3, num_bins=10)
-    evaluator = SequenceLikelihoodEvaluator(tokenizer)
+    evaluator = SequenceLikelihoodEvaluator(detection_task(tokenizer))
     evaluator.process([], fake_outputs(seed=rank, tokenizer=tokenizer, images=5 + 7 * rank))  # unequal shards
     torch.save(evaluator.evaluate(), os.path.join(out_dir, f"result{rank}.pt"))
     leave_process_group()  # barrier, drop detectron2's cached group handle, destroy
@@ -109,7 +110,7 @@ def test_two_workers_give_the_result_of_one_process_over_all_images(tmp_path):
     assert other == {}  # only the main process reports
 
     tokenizer = Pix2SeqTokenizer(num_classes=3, num_bins=10)
-    single = SequenceLikelihoodEvaluator(tokenizer, distributed=False)
+    single = SequenceLikelihoodEvaluator(detection_task(tokenizer), distributed=False)
     single.process([], fake_outputs(seed=0, tokenizer=tokenizer, images=5))
     single.process([], fake_outputs(seed=1, tokenizer=tokenizer, images=12))
     expected = single.evaluate()["seq_likelihood"]

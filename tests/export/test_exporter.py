@@ -23,8 +23,8 @@ from pix2seq_d2.export.exporter import (
     export_onnx,
     export_torchscript,
 )
-from pix2seq_d2.modeling.decoding import DecodingOptions
-from pix2seq_d2.modeling.meta_arch.pix2seq import image_sizes_tensor
+from pix2seq_d2.tasks import DecodingOptions
+from pix2seq_d2.utils.structures import image_sizes_tensor
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT, tiny_cfg
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
@@ -127,7 +127,7 @@ def test_legacy_onnx_export_of_each_layout_decodes_the_same_tokens(variant, tmp_
     expected, _ = model.generate(inputs)
     got, _ = OnnxPix2SeqRunner.from_dir(cfg, str(tmp_path), num_threads=1).generate(inputs)
     assert torch.equal(got.tokens, expected.tokens) and len(expected.tokens.unique()) >= 5
-    torch.testing.assert_close(got.class_logprobs, expected.class_logprobs, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got.records["class_logprobs"], expected.records["class_logprobs"], rtol=0, atol=1e-3)
 
 
 # ---- ONNX Runtime on the quickstart architecture and shapes_val --------------------------------
@@ -163,7 +163,7 @@ def assert_same_outputs(model, runner, inputs, end_to_end: bool) -> torch.Tensor
     if end_to_end:
         outputs = zip(model.inference(inputs), runner(inputs))
     else:
-        outputs = zip(model.detections(inputs, expected, images), runner.detections(inputs, got, onnx_images))
+        outputs = zip(model.outputs(inputs, expected, images), runner.outputs(inputs, got, onnx_images))
     for a, b in outputs:
         a, b = a["instances"], b["instances"]
         assert a.image_size == b.image_size and len(a) == len(b)

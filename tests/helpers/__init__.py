@@ -90,3 +90,10 @@ def write_tiny_coco(root, sizes=TINY_SIZES, seed: int = 0) -> str:
     with open(json_file, "w") as f:
         json.dump(coco, f)
     return json_file
+
+
+def detection_task(tokenizer, **kwargs):
+    """The detection task over ``tokenizer`` with default decoding options (``kwargs``: DetectionTask's)."""
+    from pix2seq_d2.tasks import DecodingOptions, DetectionTask
+
+    return DetectionTask(tokenizer, DecodingOptions(), **kwargs)

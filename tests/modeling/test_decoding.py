@@ -8,9 +8,11 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from pix2seq_d2.modeling.decoding import DecodingOptions, decode, filter_logits, grammar_masks
-from pix2seq_d2.tasks.tokenizer import TOKENS_PER_OBJECT, Pix2SeqTokenizer
-from tests.helpers import tiny_cfg
+from pix2seq_d2.modeling.decoding import decode, filter_logits
+from pix2seq_d2.tasks import DecodingOptions
+from pix2seq_d2.tasks.detection import TOKENS_PER_OBJECT
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from tests.helpers import detection_task, tiny_cfg
 from tests.helpers.peer_fixtures import cases, load_io
 
 SIZES = ((64, 64), (64, 48), (40, 64), (64, 40), (48, 48), (56, 64))
@@ -34,7 +36,7 @@ def encoded(model, sizes=SIZES):
 def run(model, enc, use_cache=True, return_logits=False, **options):
     options.setdefault("max_objects", 4)
     options.setdefault("top_p", 1.0)  # plain sampling unless a test asks for a nucleus
-    return decode(model.decoder, model.tokenizer, *enc, DecodingOptions(**options), use_cache, return_logits)
+    return decode(model.decoder, model.task, *enc, DecodingOptions(**options), use_cache, return_logits)
 
 
 def end_positions(tokens: torch.Tensor, eos: int) -> list[int]:
@@ -91,7 +93,7 @@ def test_step_with_several_positions_matches_forward(model):
 # ---- strategies -------------------------------------------------------------------------------
 def masked_step_logits(model, out, allow_eos=True):
     """The grammar-masked logits each generated token was chosen from: [B, T, V]."""
-    masks = grammar_masks(model.tokenizer, allow_eos=allow_eos)
+    masks = model.task.grammar(allow_eos=allow_eos)
     slots = torch.arange(out.logits.shape[1]) % TOKENS_PER_OBJECT
     return out.logits.masked_fill(~masks[slots][None], float("-inf"))
 
@@ -174,7 +176,7 @@ def test_grammar_holds_for_every_strategy_even_against_the_models_preference(str
         model.decoder.output_bias[tok.NOISE] = 100.0
         model.decoder.output_bias[slice(*tok.class_token_range())] = -100.0
     out = run(model, encoded(model), strategy=strategy, seed=0, stop_at_eos=False, allow_noise_class=allow_noise_class)
-    allowed = grammar_masks(tok, allow_eos=False, allow_noise_class=allow_noise_class)
+    allowed = detection_task(tok).grammar(allow_eos=False, allow_noise_class=allow_noise_class)
     slots = torch.arange(out.tokens.shape[1]) % TOKENS_PER_OBJECT
     assert allowed[slots[None].expand_as(out.tokens), out.tokens].all()
     class_tokens = out.tokens[:, TOKENS_PER_OBJECT - 1 :: TOKENS_PER_OBJECT]
@@ -188,7 +190,9 @@ def test_fixed_length_mode_returns_exactly_the_requested_number_of_objects(eos_m
     out = run(model, enc, strategy=strategy, seed=0, stop_at_eos=False, max_objects=7)
     assert out.tokens.shape == (len(SIZES), 7 * TOKENS_PER_OBJECT)
     assert (out.tokens != model.tokenizer.EOS).all()
-    objects = model.tokenizer.decode(out.tokens, out.token_logprobs, out.class_logprobs, torch.tensor(SIZES))
+    objects = model.task.decode_objects(
+        out.tokens, out.token_logprobs, out.records["class_logprobs"], torch.tensor(SIZES)
+    )
     assert objects.valid.sum(-1).tolist() == [7] * len(SIZES)
 
 
@@ -233,13 +237,23 @@ def test_each_image_stops_at_its_own_eos_and_decoding_ends_when_all_have():
     memory = torch.arange(3.0)[:, None, None].expand(3, 4, 8)  # carries each image's row index
     padding = torch.zeros(3, 4, dtype=torch.bool)
     for use_cache in (True, False):
-        out = decode(ScriptedDecoder(script), tok, memory, memory, padding, DecodingOptions(max_objects=4), use_cache)
+        out = decode(
+            ScriptedDecoder(script),
+            detection_task(tok),
+            memory,
+            memory,
+            padding,
+            DecodingOptions(max_objects=4),
+            use_cache,
+        )
         assert out.tokens.shape == (3, 11)  # stopped as soon as all had ended, not after 4 objects
         assert out.tokens[0].tolist() == wanted[0]
         assert out.tokens[1].tolist() == [tok.EOS] + [tok.PAD] * 10
         assert out.tokens[2].tolist() == wanted[2][:6] + [tok.PAD] * 5
         assert (out.token_logprobs[1, 1:] == 0).all()
-        objects = tok.decode(out.tokens, out.token_logprobs, out.class_logprobs, torch.tensor([[10, 10]] * 3))
+        objects = detection_task(tok).decode_objects(
+            out.tokens, out.token_logprobs, out.records["class_logprobs"], torch.tensor([[10, 10]] * 3)
+        )
         assert objects.valid.tolist() == [[True, True], [False, False], [True, False]]
         assert objects.classes[0].tolist() == [0, 2]
 
@@ -286,14 +300,14 @@ def test_detections_per_image_caps_the_output_highest_scores_first(eos_model):
     model, _ = eos_model
     torch.manual_seed(2)
     inputs = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)} for _ in range(3)]
-    original = model.decoding, model.detections_per_image
+    original = model.decoding, model.task.detections_per_image
     model.decoding = dataclasses.replace(model.decoding, stop_at_eos=False, max_objects=8)
     try:
         everything = model(inputs)
-        model.detections_per_image = 3
+        model.task.detections_per_image = 3
         capped = model(inputs)
     finally:  # the model is shared by the module's tests
-        model.decoding, model.detections_per_image = original
+        model.decoding, model.task.detections_per_image = original
     for full, top in zip(everything, capped):
         full, top = full["instances"], top["instances"]
         assert len(full) > 3 and len(top) == 3

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
+from pix2seq_d2.tasks.detection import CLASS_SLOT, TOKENS_PER_OBJECT
 from pix2seq_d2.tasks.sequence_augmentation import CLASS_CORRUPTIONS, SequenceAugmentation
-from pix2seq_d2.tasks.tokenizer import CLASS_SLOT, TOKENS_PER_OBJECT, Pix2SeqTokenizer
-from tests.helpers import box_annotation, tiny_cfg, write_image
+from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
+from tests.helpers import box_annotation, detection_task, tiny_cfg, write_image
 
 TOK = Pix2SeqTokenizer(num_classes=5, num_bins=100, eos_weight=0.1)
 REAL_BOXES = torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 30.0, 10.0], [70.0, 40.0, 120.0, 80.0]])
@@ -19,7 +20,7 @@ HW = (80, 120)
 
 def encode(corruption="rand_n_fake_cls", max_objects=10, boxes=REAL_BOXES, classes=REAL_CLASSES, seed=0):
     aug = SequenceAugmentation(max_objects=max_objects, noise_class_weight=0.7, class_corruption=corruption)
-    return aug.encode(TOK, boxes, classes, HW, torch.Generator().manual_seed(seed))
+    return aug.encode(detection_task(TOK), boxes, classes, HW, torch.Generator().manual_seed(seed))
 
 
 def objects(seq: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def test_noise_objects_fill_the_sequence_with_noise_targets_and_weights():
     assert out.weight[-1].item() == pytest.approx(0.1)  # EOS weight
     targets, weights = objects(out.target[:-1]), objects(out.weight[:-1])
     # real objects first, unchanged, full weight
-    assert torch.equal(targets[:3], objects(TOK.encode(REAL_BOXES, REAL_CLASSES, HW).target[:-1]))
+    assert torch.equal(targets[:3], objects(detection_task(TOK).encode(REAL_BOXES, REAL_CLASSES, HW).target[:-1]))
     assert (weights[:3] == 1).all()
     # then 7 noise objects: NOISE class target with its weight, coordinates without loss
     assert (targets[3:, CLASS_SLOT] == TOK.NOISE).all()
@@ -66,7 +67,9 @@ def test_without_real_objects_every_object_is_noise():
 
 def test_more_real_objects_than_max_objects_are_truncated_without_noise():
     out = encode(max_objects=2)
-    assert torch.equal(objects(out.target[:-1]), objects(TOK.encode(REAL_BOXES[:2], REAL_CLASSES[:2], HW).target[:-1]))
+    assert torch.equal(
+        objects(out.target[:-1]), objects(detection_task(TOK).encode(REAL_BOXES[:2], REAL_CLASSES[:2], HW).target[:-1])
+    )
 
 
 MANY = 300

@@ -12,11 +12,12 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from pix2seq_d2 import Pix2SeqDatasetMapper
+from pix2seq_d2.tasks import build_task
 from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer
 from pix2seq_d2.tasks.training_sequences import OBJECT_ORDERS, ObjectBatch, TrainingSequenceBuilder
 from pix2seq_d2.utils.events import current_training_iteration
 from pix2seq_d2.utils.seeding import sequence_seed
-from tests.helpers import box_annotation, shapes_image, tiny_cfg, write_image
+from tests.helpers import box_annotation, detection_task, shapes_image, tiny_cfg, write_image
 
 SEQ_AUG = ("MODEL.PIX2SEQ.SEQ_AUG.ENABLED", True, "MODEL.PIX2SEQ.EOS_WEIGHT", 0.1)
 
@@ -38,7 +39,7 @@ def random_objects(num_images: int, max_n: int, hw=(60, 90), num_classes=3, seed
 @pytest.mark.parametrize("seq_aug", [False, True])
 def test_a_batch_gives_each_image_the_sequence_it_gets_alone(order, seq_aug):
     cfg = tiny_cfg("MODEL.PIX2SEQ.OBJECT_ORDER", order, "MODEL.PIX2SEQ.MAX_OBJECTS", 4, *(SEQ_AUG if seq_aug else ()))
-    builder = TrainingSequenceBuilder.from_config(cfg)
+    builder = build_task(cfg).train_builder
     objects = random_objects(6, 7)  # some images with more objects than MAX_OBJECTS, some with none
     draws = builder.draw(objects, torch.Generator().manual_seed(1))
     batch = builder(objects, draws)
@@ -61,11 +62,13 @@ def test_orders_and_cap():
     inst = Instances(hw, gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 1, 2, 0]))
     objects = ObjectBatch.from_instances([inst])
     tok = Pix2SeqTokenizer(3, 100)
-    by_area = TrainingSequenceBuilder(tok, 3, "area")(objects)
+    by_area = TrainingSequenceBuilder(detection_task(tok), 3, "area")(objects)
     assert by_area.objects[0].tolist() == [1, 2, 0] and by_area.num_objects.tolist() == [3]
-    by_distance = TrainingSequenceBuilder(tok, 4, "distance")(objects)
+    by_distance = TrainingSequenceBuilder(detection_task(tok), 4, "distance")(objects)
     assert by_distance.objects[0].tolist() == [1, 3, 2, 0]  # top-left corners 0, 5, 14, 71 px away
-    shuffled = {tuple(TrainingSequenceBuilder(tok, 4, "random")(objects).objects[0].tolist()) for _ in range(30)}
+    shuffled = {
+        tuple(TrainingSequenceBuilder(detection_task(tok), 4, "random")(objects).objects[0].tolist()) for _ in range(30)
+    }
     assert len(shuffled) > 5 and all(sorted(s) == [0, 1, 2, 3] for s in shuffled)
 
 
@@ -110,7 +113,7 @@ def test_our_mapper_and_detectron2s_mapper_give_the_same_sequences_and_loss(thre
         ours_batch.append(ours(d))
         theirs_batch.append(theirs(d))
         torch.manual_seed(100 + i)
-        draws.append(model.sequence_builder.draw(ObjectBatch.from_instances([theirs_batch[-1]["instances"]])))
+        draws.append(model.task.train_builder.draw(ObjectBatch.from_instances([theirs_batch[-1]["instances"]])))
         assert "seq_input" not in theirs_batch[-1]
     for i, (x, y) in enumerate(zip(ours_batch, theirs_batch)):
         made = model.training_sequences([y], draws[i])

@@ -45,7 +45,7 @@ TINY_LAZY = [
     "model.encoder.num_layers=1",
     "model.decoder.num_layers=1",
     "model.encoder.ffn_dim=64",
-    "model.tokenizer.num_bins=64",
+    "model.task.tokenizer.num_bins=64",
     "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
     "dataloader.train.mapper.augmentations.0.max_size=64",
     "dataloader.test.mapper.augmentations.0.short_edge_length=64",
@@ -57,8 +57,9 @@ TINY_LAZY = [
 SAMPLE_YAML = ["MODEL.PIX2SEQ.DECODE.STOP_AT_EOS", False, "MODEL.PIX2SEQ.DECODE.STRATEGY", "sample",
                "MODEL.PIX2SEQ.DECODE.TOP_P", 1.0, "MODEL.PIX2SEQ.DECODE.SEED", 0,
                "MODEL.PIX2SEQ.MAX_OBJECTS_TEST", 4]  # fmt: skip
-SAMPLE_LAZY = ["model.decoding.stop_at_eos=False", "model.decoding.strategy=sample", "model.decoding.top_p=1.0",
-               "model.decoding.seed=0", "model.decoding.max_objects=4"]  # fmt: skip
+SAMPLE_LAZY = ["model.task.decoding.stop_at_eos=False", "model.task.decoding.strategy=sample",
+               "model.task.decoding.top_p=1.0", "model.task.decoding.seed=0",
+               "model.task.decoding.max_objects=4"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +90,11 @@ def augmentation_settings(mapper: Pix2SeqDatasetMapper) -> list[tuple]:
 
 
 def mapper_settings(mapper: Pix2SeqDatasetMapper) -> tuple:
-    sequences = getattr(mapper, "sequences", mapper)  # the mapper's sequence settings, wherever it keeps them
+    sequences = mapper.task.train_builder if mapper.is_train else mapper.task.test_builder  # the task's settings
     return (
         augmentation_settings(mapper),
         mapper.image_format,
-        repr(mapper.tokenizer),
+        repr(mapper.task.tokenizer),
         sequences.max_objects,
         sequences.object_order,
         sequences.sequence_augmentation,

@@ -12,19 +12,20 @@ original size, like every detectron2 model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList
 from detectron2.utils import comm
 from torch import nn
 
 from pix2seq_d2.data.dataset_mapper import expand_views
-from pix2seq_d2.modeling.decoding import DecodedSequences, DecodingOptions, decode
+from pix2seq_d2.modeling.decoding import DecodedSequences, decode
 from pix2seq_d2.modeling.losses import check_finite_loss, sequence_loss
 from pix2seq_d2.modeling.transformer import (
     MemoryProjection,
@@ -33,38 +34,21 @@ from pix2seq_d2.modeling.transformer import (
     sincos_position_table,
     sine_position_encoding,
 )
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer, TokenizedObjects
-from pix2seq_d2.tasks.training_sequences import ObjectBatch, SequenceDraws, TrainingSequenceBuilder
+from pix2seq_d2.tasks import DecodingOptions, Pix2SeqTokenizer, Task, TokenSequences, build_task
 from pix2seq_d2.utils.events import current_training_iteration
 from pix2seq_d2.utils.seeding import process_seed, sequence_seed
+from pix2seq_d2.utils.structures import image_sizes_tensor
 
 POSITION_ENCODINGS = ("sine", "sine_unnormalized", "sincos", "none")
 INPUT_PROJECTIONS = ("conv", "conv_gn", "linear_ln", "identity")
 PROJECTIONS_ON_POSITIONS = ("linear_ln", "identity")  # the others act on the feature map
 
-__all__ = [
-    "DetectionSettings",
-    "Pix2Seq",
-    "pad_sequences",
-    "build_input_projection",
-    "image_sizes_tensor",
-    "token_decoder",
-]
+__all__ = ["Pix2Seq", "build_input_projection", "pad_sequences", "token_decoder"]
 
 
 def pad_sequences(seqs: list[torch.Tensor], pad_value: float) -> torch.Tensor:
     """Right-pad 1-D tensors to the longest one in the batch -> ``[B, T_max]``."""
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_value)
-
-
-def image_sizes_tensor(images: ImageList, device: torch.device) -> torch.Tensor:
-    """``images.image_sizes`` as an int64 ``[B, 2]`` (h, w) tensor.
-
-    Under tracing (FLOP counting, ``TracingAdapter``, ``torch.jit.trace``) ``ImageList`` holds the
-    sizes as 0-d tensors, which ``torch.tensor`` cannot take; stacking keeps them in the graph.
-    """
-    sizes = [torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in images.image_sizes]
-    return torch.stack(sizes).to(device=device, dtype=torch.long)
 
 
 def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: float = 1e-5) -> nn.Module:
@@ -88,7 +72,7 @@ def build_input_projection(kind: str, in_channels: int, dim: int, norm_eps: floa
 
 def token_decoder(
     *,
-    tokenizer: Pix2SeqTokenizer,
+    task: Task,
     max_objects: int,
     num_layers: int,
     dim: int,
@@ -103,11 +87,12 @@ def token_decoder(
     learned_positions: bool = True,
     max_len: int = 0,
 ) -> TokenDecoder:
-    """A ``TokenDecoder`` with ``tokenizer``'s (output and input) vocabulary and positions for sequences
-    of up to ``max_objects`` objects (``max_len`` positions instead when > 0: ``MAX_SEQ_LEN``)."""
+    """A ``TokenDecoder`` with the (output and input) vocabulary of ``task``'s tokenizer and positions for
+    its sequences of up to ``max_objects`` items (``max_len`` positions instead when > 0: ``MAX_SEQ_LEN``)."""
+    tokenizer = task.tokenizer
     return TokenDecoder(
         tokenizer.vocab_size,
-        max_len or tokenizer.sequence_length(max_objects),
+        max_len or task.max_sequence_length(max_objects),
         num_layers,
         dim,
         num_heads,
@@ -125,7 +110,9 @@ def token_decoder(
 
 @META_ARCH_REGISTRY.register()
 class Pix2Seq(nn.Module):
-    """Pix2Seq object detector (Chen et al., ICLR 2022) as a detectron2 meta-architecture."""
+    """Pix2Seq (Chen et al., ICLR 2022 and NeurIPS 2022) as a detectron2 meta-architecture: an image
+    encoder and a token decoder that writes the sequences of a task (:class:`~pix2seq_d2.tasks.Task`;
+    object detection by default), which also turns them into the model's outputs."""
 
     @configurable
     def __init__(
@@ -135,13 +122,9 @@ class Pix2Seq(nn.Module):
         in_feature: str,
         encoder: TransformerEncoder,
         decoder: TokenDecoder,
-        tokenizer: Pix2SeqTokenizer,
+        task: Task,
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
-        decoding: DecodingOptions,
-        score_mode: str = "class",
-        score_thresh_test: float = 0.0,
-        detections_per_image: int = 100,
         input_proj: str = "conv",
         position_encoding: str = "sine",
         use_padding_mask: bool = True,
@@ -149,18 +132,18 @@ class Pix2Seq(nn.Module):
         pad_value: float = 0.0,
         memory_projection: MemoryProjection | None = None,
         norm_eps: float = 1e-5,
-        sequence_builder: TrainingSequenceBuilder | None = None,
         sequence_seed: int = 0,
     ):
         """
         Args:
             encoder: the transformer encoder; its width is that of its first layer (or the
                 decoder's when it has none and no memory projection).
+            task: the task the decoder writes (prompt, grammar, training sequences from ``instances``,
+                decoding options, outputs); its tokenizer is the decoder's vocabulary.
             input_proj, position_encoding, use_padding_mask, pad_to_square, pad_value,
             memory_projection: see ``MODEL.PIX2SEQ`` in pix2seq_d2/config/defaults.py.
-            sequence_builder: makes training sequences from ``instances`` for inputs that carry
-                no token tensors (None: such inputs are an error).
-            sequence_seed: base seed of those sequences' randomness inside a detectron2 trainer.
+            sequence_seed: base seed of the randomness of training sequences the model makes itself
+                (inputs from any detectron2 mapper) inside a detectron2 trainer.
         """
         super().__init__()
         if position_encoding not in POSITION_ENCODINGS:
@@ -183,12 +166,7 @@ class Pix2Seq(nn.Module):
         self.memory_projection = memory_projection
         self.encoder = encoder
         self.decoder = decoder
-        self.tokenizer = tokenizer
-        self.decoding = decoding
-        self.score_mode = score_mode
-        self.score_thresh_test = score_thresh_test
-        self.detections_per_image = detections_per_image
-        self.sequence_builder = sequence_builder
+        self.task = task
         self.sequence_seed = sequence_seed
         self._sequence_calls = (-1, 0)  # (trainer iteration, forwards in it) of the last sequences made
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -204,6 +182,7 @@ class Pix2Seq(nn.Module):
                 f"(it gives {sorted(backbone.output_shape())})"
             )
         tokenizer = Pix2SeqTokenizer.from_config(cfg)
+        task = build_task(cfg, tokenizer)  # MODEL.PIX2SEQ.TASKS
         common = dict(
             dropout=p.DROPOUT,
             pre_norm=p.PRE_NORM,
@@ -230,7 +209,7 @@ class Pix2Seq(nn.Module):
             "in_feature": p.IN_FEATURE,
             "encoder": TransformerEncoder(p.ENC_LAYERS, p.HIDDEN_DIM, p.NUM_HEADS, p.DIM_FEEDFORWARD, **common),
             "decoder": token_decoder(
-                tokenizer=tokenizer,
+                task=task,
                 max_objects=max(p.MAX_OBJECTS, p.MAX_OBJECTS_TEST),
                 max_len=p.MAX_SEQ_LEN,
                 num_layers=p.DEC_LAYERS,
@@ -241,13 +220,9 @@ class Pix2Seq(nn.Module):
                 learned_positions=p.DECODER_POSITIONS == "learned",
                 **common,
             ),
-            "tokenizer": tokenizer,
+            "task": task,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "decoding": DecodingOptions.from_config(cfg),
-            "score_mode": p.DECODE.SCORE,
-            "score_thresh_test": p.SCORE_THRESH_TEST,
-            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "input_proj": p.INPUT_PROJ,
             "position_encoding": p.POSITION_ENCODING,
             "use_padding_mask": p.USE_PADDING_MASK,
@@ -255,13 +230,61 @@ class Pix2Seq(nn.Module):
             "pad_value": p.PAD_VALUE,
             "memory_projection": memory_projection,
             "norm_eps": p.LAYER_NORM_EPS,
-            "sequence_builder": TrainingSequenceBuilder.from_config(cfg, is_train=True, tokenizer=tokenizer),
             "sequence_seed": process_seed(cfg.SEED),  # SEED, or one drawn per process
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def tokenizer(self) -> Pix2SeqTokenizer:
+        """The task's tokenizer: the decoder's vocabulary."""
+        return self.task.tokenizer
+
+    @property
+    def decoding(self) -> DecodingOptions:
+        """How the model decodes (the task's options; assign to change them)."""
+        return self.task.decoding
+
+    @decoding.setter
+    def decoding(self, options: DecodingOptions) -> None:
+        self.task.decoding = options
+
+    def checkpoint_mismatch(self, state: Mapping[str, Any]) -> str | None:
+        """Why a checkpoint's state dict does not fit this model, beyond missing or extra keys (the
+        checkpointer asks, see :class:`~pix2seq_d2.checkpoint.Pix2SeqCheckpointer`): a token vocabulary or
+        a number of decoder positions other than the model's, which detectron2's loader would skip with
+        a warning, leaving the embedding random. None: it fits."""
+        own = self.state_dict()
+        sizes = {  # parameters whose first dimension is the vocabulary / the decoder's positions
+            "decoder.token_embed.weight": "vocabulary of {} tokens",
+            "decoder.output_bias": "vocabulary of {} tokens",
+            "decoder.output_proj.weight": "vocabulary of {} tokens",
+            "decoder.pos_embed.weight": "{} sequence positions",
+        }
+        problems = []
+        for key, value in state.items():
+            name = key[len("module.") :] if key.startswith("module.") and key not in own else key
+            if name not in sizes or name not in own or not hasattr(value, "shape"):
+                continue
+            got, want = tuple(value.shape)[:1], tuple(own[name].shape)[:1]
+            if got != want:
+                what = sizes[name]
+                problems.append(f"{name}: {what.format(got[0])} in the checkpoint, {want[0]} in the model")
+        if not problems:
+            return None
+        tok = self.tokenizer
+        return (
+            "The checkpoint was trained with another token vocabulary or sequence length: "
+            + "; ".join(problems)
+            + ". Set MODEL.PIX2SEQ.TOKENIZER.LAYOUT, NUM_CLASSES and NUM_BINS (the vocabulary size follows from "
+            f"them; this model: TOKENIZER.LAYOUT={tok.layout.name!r}, NUM_CLASSES={tok.num_classes}, "
+            f"NUM_BINS={tok.num_bins}, vocabulary {tok.vocab_size}), and MODEL.PIX2SEQ.MAX_SEQ_LEN or MAX_OBJECTS / "
+            "MAX_OBJECTS_TEST (sequence positions = the task's sequence length for max(MAX_OBJECTS, "
+            "MAX_OBJECTS_TEST) items) to the values it was trained with. A converted checkpoint's own OUTPUT.yaml "
+            "has them."
+        )
 
     # ---- image -> encoder memory ---------------------------------------------------------
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
@@ -334,33 +357,33 @@ class Pix2Seq(nn.Module):
         check_finite_loss(loss, batched_inputs)  # FloatingPointError naming the iteration and the files
         return {"loss_seq": loss}
 
-    def training_sequences(self, batched_inputs: list[dict], draws: SequenceDraws | None = None) -> TokenizedObjects:
+    def training_sequences(self, batched_inputs: list[dict], draws: Any = None) -> TokenSequences:
         """The batch's teacher-forcing input, target and weight ``[B, T]`` on the model's device.
 
         Inputs with ``seq_input``/``seq_target``/``seq_weight`` (our mapper) give their own,
-        padded. Inputs with only ``instances`` (``gt_boxes``/``gt_classes`` in the image's
-        pixels, any detectron2 mapper) get them made here by ``sequence_builder`` with ``draws``,
-        by default drawn from a generator seeded by (``sequence_seed``, worker, trainer iteration).
+        padded. Inputs with only ``instances`` (e.g. ``gt_boxes``/``gt_classes`` in the image's
+        pixels, from any detectron2 mapper) get them made here by the task with ``draws`` (the task's
+        random draws), by default drawn from a generator seeded by (``sequence_seed``, worker, trainer
+        iteration).
         """
         carried = ["seq_input" in x for x in batched_inputs]
         if all(carried):
-            return TokenizedObjects(
+            return TokenSequences(
                 input=pad_sequences([x["seq_input"] for x in batched_inputs], self.tokenizer.PAD).to(self.device),
                 target=pad_sequences([x["seq_target"] for x in batched_inputs], self.tokenizer.PAD).to(self.device),
                 weight=pad_sequences([x["seq_weight"] for x in batched_inputs], 0.0).to(self.device),
             )
         names = [x.get("file_name", f"batch item {i}") for i, x in enumerate(batched_inputs)]
         unusable = [name for name, x, c in zip(names, batched_inputs, carried) if c or "instances" not in x]
-        if unusable or self.sequence_builder is None:
+        if unusable:
             raise ValueError(
                 "Pix2Seq training inputs need either 'seq_input'/'seq_target'/'seq_weight' (Pix2SeqDatasetMapper) "
-                "on every item, or 'instances' (any detectron2 mapper) on every item and a sequence builder; "
-                f"these do not fit the rest of the batch: {unusable or names}"
+                "on every item, or 'instances' (any detectron2 mapper) on every item; "
+                f"these do not fit the rest of the batch: {unusable}"
             )
         instances = [x["instances"] for x in batched_inputs]
-        objects = ObjectBatch.from_instances(instances, self.device, self.tokenizer.num_classes, names)
         generator = self._sequence_generator() if draws is None else None
-        return self.sequence_builder(objects, draws, generator).tokens
+        return self.task.batch_sequences(instances, names, self.device, generator, draws=draws)
 
     def _sequence_generator(self) -> torch.Generator | None:
         """A generator on the model's device seeded by (``sequence_seed``, rank, trainer iteration,
@@ -379,14 +402,14 @@ class Pix2Seq(nn.Module):
     def generate(
         self, batched_inputs: list[dict], options: DecodingOptions | None = None
     ) -> tuple[DecodedSequences, ImageList]:
-        """Decode token sequences for images, outside of the detection output format.
+        """Decode the task's token sequences for images, outside of its output format.
 
         Args:
             batched_inputs: dicts with an ``"image"`` tensor (CHW, ``INPUT.FORMAT``), as for ``forward``.
             options: decoding options; default: the model's (``MODEL.PIX2SEQ.DECODE``).
         Returns:
-            The generated tokens with their per-token log-probabilities (and the class-slot
-            log-probabilities), and the batched images (their ``image_sizes`` normalise boxes).
+            The generated tokens with their per-token log-probabilities (and what the task records per
+            position), and the batched images (their ``image_sizes`` normalise boxes).
         """
         sequences, images, _ = self._encode_and_decode(batched_inputs, options or self.decoding)
         return sequences, images
@@ -397,14 +420,15 @@ class Pix2Seq(nn.Module):
         """-> decoded sequences, the batched images, and the encoder output (memory, pos, padding)."""
         images = self.preprocess_image(batched_inputs)
         encoded = self.encode(images)
-        return decode(self.decoder, self.tokenizer, *encoded, options), images, encoded
+        return decode(self.decoder, self.task, *encoded, options), images, encoded
 
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list[dict]:
-        """-> ``[{"instances": Instances}]``; inputs that carry ground-truth sequences (the test
-        mapper with annotations) also get ``"sequence_likelihood"`` (see :meth:`sequence_likelihood`)."""
+        """-> the task's outputs (detection: ``[{"instances": Instances}]``); inputs that carry ground-truth
+        sequences (the test mapper with annotations) also get ``"sequence_likelihood"`` (see
+        :meth:`sequence_likelihood`)."""
         sequences, images, encoded = self._encode_and_decode(batched_inputs, self.decoding)
-        results = self.detections(batched_inputs, sequences, images, do_postprocess)
+        results = self.outputs(batched_inputs, sequences, images, do_postprocess)
         if all("seq_target" in x for x in batched_inputs):
             for result, likelihood in zip(results, self.sequence_likelihood(batched_inputs, *encoded)):
                 result["sequence_likelihood"] = likelihood
@@ -432,59 +456,14 @@ class Pix2Seq(nn.Module):
             out.append({"target": target[i, :n], "logprob": target_logprob[i, :n], "argmax": argmax[i, :n]})
         return out
 
-    def detections(
-        self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
+    def outputs(
+        self,
+        batched_inputs: list[dict],
+        sequences: DecodedSequences,
+        images: ImageList,
+        do_postprocess: bool = True,
+        options: DecodingOptions | None = None,
     ) -> list[dict]:
-        """Decoded sequences -> ``[{"instances": Instances}]`` (see :meth:`DetectionSettings.detections`)."""
-        settings = DetectionSettings(
-            self.tokenizer, self.decoding, self.score_mode, self.score_thresh_test, self.detections_per_image
-        )
-        return settings.detections(batched_inputs, sequences, images, do_postprocess)
-
-
-@dataclass(frozen=True)
-class DetectionSettings:
-    """What turns decoded sequences into detections: the tokenizer, the decoding options (grammar,
-    box source), the score mode, the test threshold and the cap per image. The model and the ONNX
-    runner (:mod:`pix2seq_d2.export.exporter`) both decode their sequences through it."""
-
-    tokenizer: Pix2SeqTokenizer
-    decoding: DecodingOptions
-    score_mode: str
-    score_thresh_test: float
-    detections_per_image: int
-
-    def detections(
-        self, batched_inputs: list[dict], sequences: DecodedSequences, images: ImageList, do_postprocess: bool = True
-    ) -> list[dict]:
-        """Decoded sequences -> ``[{"instances": Instances}]`` (scored, thresholded, capped, and
-        rescaled to each input's ``height``/``width`` when ``do_postprocess``)."""
-        sizes = image_sizes_tensor(images, sequences.tokens.device)  # [B, 2] (h, w)
-        coord_tokens = None
-        if self.decoding.box_from == "argmax":
-            if sequences.coord_argmax is None:
-                raise ValueError("DECODE.BOX_FROM 'argmax' needs sequences decoded with box_from='argmax'")
-            coord_tokens = sequences.coord_argmax
-        objects = self.tokenizer.decode(
-            sequences.tokens,
-            sequences.token_logprobs,
-            sequences.class_logprobs,
-            sizes,
-            self.score_mode,
-            constrained=self.decoding.grammar,
-            coord_tokens=coord_tokens,
-        )
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            keep = (objects.valid[i] & (objects.scores[i] > self.score_thresh_test)).nonzero()[:, 0]
-            keep = keep[objects.scores[i][keep].argsort(descending=True)[: self.detections_per_image]]
-            inst = Instances(image_size)
-            inst.pred_boxes = Boxes(objects.boxes[i][keep])
-            inst.scores = objects.scores[i][keep]
-            inst.pred_classes = objects.classes[i][keep]
-            if do_postprocess:
-                height = batched_inputs[i].get("height", image_size[0])
-                width = batched_inputs[i].get("width", image_size[1])
-                inst = detector_postprocess(inst, height, width)
-            results.append({"instances": inst})
-        return results
+        """Decoded sequences -> one output dict per input, as the task makes them (detection:
+        ``{"instances": Instances}``); ``options``: what they were decoded with (default: the model's)."""
+        return self.task.outputs(batched_inputs, sequences, images, do_postprocess, options)

@@ -106,6 +106,7 @@ def _loss_worker(rank: int, world_size: int, init_file: str, shards: list, out_d
     import torch.distributed as dist
 
     from pix2seq_d2.modeling.losses import sequence_loss
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     features, target, weight = shards[rank]
     projection = torch.nn.Parameter(torch.linspace(-1, 1, 8 * 5).reshape(8, 5))

@@ -2,8 +2,8 @@
 colour distortion for training, the longest side resized to 640 px at test, evaluated with COCO AP/AR
 and the validation sequences' likelihood. Datasets come from $DETECTRON2_DATASETS/coco.
 
-The mappers and the likelihood evaluator take the model's tokenizer (``${model.tokenizer}``), and the
-training sequences keep at most ``model.decoder.max_objects`` objects.
+The mappers and the likelihood evaluator take the model's task (``${model.task}``), which makes the
+training sequences.
 """
 
 import detectron2.data.transforms as T

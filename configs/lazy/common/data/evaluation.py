@@ -23,8 +23,7 @@ def test_loader(names: str, image_size: int, num_workers: int):
                 L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size, sample_style="choice")
             ],
             image_format="${...train.mapper.image_format}",
-            tokenizer="${model.tokenizer}",
-            max_objects="${model.decoder.max_objects}",
+            task="${model.task}",
             # The annotations are tokenized too, for the likelihood evaluator (TEST.SEQ_LIKELIHOOD); set
             # False and drop SequenceLikelihoodEvaluator from the evaluators to evaluate COCO AP alone.
             use_annotations=True,
@@ -45,6 +44,6 @@ def evaluators():
                 max_dets_per_image=100,  # at least the objects decoded per image
                 backend="auto",  # TEST.COCO_EVAL_BACKEND: faster-coco-eval when installed, else pycocotools
             ),
-            L(SequenceLikelihoodEvaluator)(tokenizer="${model.tokenizer}"),
+            L(SequenceLikelihoodEvaluator)(task="${model.task}"),
         ]
     )

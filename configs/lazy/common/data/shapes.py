@@ -2,8 +2,8 @@
 3 classes; generated under $DETECTRON2_DATASETS/pix2seq_shapes on first use), evaluated with COCO AP/AR
 and the validation sequences' likelihood, as configs/quickstart/pix2seq_shapes.yaml does.
 
-The mappers and the likelihood evaluator take the model's tokenizer (``${model.tokenizer}``), and the
-training sequences keep at most ``model.decoder.max_objects`` objects.
+The mappers and the likelihood evaluator take the model's task (``${model.task}``), which makes the
+training sequences.
 """
 
 import detectron2.data.transforms as T

@@ -1,7 +1,7 @@
 """The training half of a Pix2Seq LazyConfig's ``dataloader``: the resumable train loader (exact
 resume: data order and augmentation continue where a run stopped) with the Pix2Seq training mapper,
 as ``Pix2SeqTrainer.build_train_loader`` builds it from a yaml config. The mapper takes the model's
-tokenizer (``${model.tokenizer}``) and keeps at most ``model.decoder.max_objects`` objects."""
+task (``${model.task}``), which makes the training sequences."""
 
 from detectron2.config import LazyCall as L
 
@@ -18,10 +18,7 @@ def train_loader(names: str, augmentations: list, total_batch_size: int, num_wor
             is_train=True,
             augmentations=augmentations,
             image_format="BGR",
-            tokenizer="${model.tokenizer}",
-            max_objects="${model.decoder.max_objects}",
-            object_order="random",  # a new random object order every time an image is loaded
-            sequence_augmentation=None,
+            task="${model.task}",  # its object order, MAX_OBJECTS and sequence augmentation
             num_views=1,
         ),
         total_batch_size=total_batch_size,
@@ -30,5 +27,5 @@ def train_loader(names: str, augmentations: list, total_batch_size: int, num_wor
         aspect_ratio_grouping=True,
         filter_empty=True,
         sampler="TrainingSampler",
-        num_classes="${model.tokenizer.num_classes}",  # annotations are checked against it first
+        num_classes="${model.task.tokenizer.num_classes}",  # annotations are checked against it first
     )

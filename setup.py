@@ -1,4 +1,9 @@
-"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README)."""
+"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README).
+
+The configs (the repository's top-level ``configs/`` folder) ship inside the package as
+``pix2seq_d2/model_zoo/configs``: a committed symlink to ``../../configs`` in the source tree, copied as
+files into wheels and non-editable installs by ``package_data`` (``pix2seq_d2.model_zoo.get_config_file``).
+"""
 
 from setuptools import find_packages, setup
 
@@ -9,6 +14,7 @@ setup(
     version="0.1.0",
     description="Pix2Seq (a language modeling framework for object detection) as a Detectron2 extension",
     packages=find_packages(include=["pix2seq_d2", "pix2seq_d2.*"]),
+    package_data={"pix2seq_d2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         # detectron2's own runtime dependencies (the PyPI build is installed without them)

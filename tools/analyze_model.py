@@ -36,7 +36,7 @@ from pix2seq_d2.analysis.flops import ModelFlops, format_count, model_flops, par
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 
 TASKS = ("parameter", "flop")
 logger = logging.getLogger("pix2seq_d2.tools.analyze_model")
@@ -44,7 +44,7 @@ logger = logging.getLogger("pix2seq_d2.tools.analyze_model")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("-n", "--num-inputs", type=int, default=1, help="test images the FLOPs are averaged over")
     parser.add_argument(

@@ -27,6 +27,7 @@ from pix2seq_d2 import Pix2SeqDatasetMapper, Pix2SeqTrainer
 from pix2seq_d2.analysis.positions import PositionStats
 from pix2seq_d2.checkpoint import load_inference_weights
 from pix2seq_d2.config import load_config
+from pix2seq_d2.engine.launch import add_config_file_argument
 
 
 def ground_truth_by_file(dataset_name: str) -> dict[str, torch.Tensor]:
@@ -68,7 +69,7 @@ def analyze(cfg, model, iou_thresh: float = 0.5) -> PositionStats:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--iou", type=float, default=0.5, help="IoU for a prediction to match a ground-truth box")
     parser.add_argument("--output", default="", help="also write the rows as json here")

@@ -45,7 +45,7 @@ from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.resumable_loader import load_train_dataset_dicts
 from pix2seq_d2.engine.amp import MixedPrecisionTrainer
 from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 
 TASKS = ("train", "eval", "data")
 
@@ -53,7 +53,7 @@ TASKS = ("train", "eval", "data")
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--iters", type=int, default=50, help="timed iterations (train steps, images, batches)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument(

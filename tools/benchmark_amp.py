@@ -29,6 +29,7 @@ import torch
 from detectron2.modeling import build_model
 
 from pix2seq_d2.config import load_config
+from pix2seq_d2.engine.launch import add_config_file_argument
 from pix2seq_d2.solver.build import build_optimizer
 from pix2seq_d2.solver.precision import amp_dtype
 from pix2seq_d2.tasks import build_task
@@ -74,7 +75,7 @@ def time_steps(model, optimizer, batch, steps: int, dtype: torch.dtype | None, d
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(REPO_ROOT, "configs", "pix2seq_R50.yaml"))
+    add_config_file_argument(parser, default=os.path.join(REPO_ROOT, "configs", "pix2seq_R50.yaml"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", help="SOLVER.AMP.PRECISION: auto, float16, bfloat16")
     parser.add_argument("--size", type=int, default=640)

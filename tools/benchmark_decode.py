@@ -29,6 +29,7 @@ import torch
 from detectron2.modeling import build_model
 
 from pix2seq_d2.config import load_config
+from pix2seq_d2.engine.launch import add_config_file_argument
 from pix2seq_d2.modeling.decoding import decode
 from pix2seq_d2.modeling.transformer import TokenDecoder, sine_position_encoding
 from pix2seq_d2.tasks import DecodingOptions, DetectionTask
@@ -90,7 +91,7 @@ def timed(fn, device: torch.device, *args) -> tuple[float, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/pix2seq_R50.yaml")
+    add_config_file_argument(parser, default="configs/pix2seq_R50.yaml")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=500, help="decoded tokens per image (multiple of 5)")
     parser.add_argument("--memory-hw", type=int, nargs=2, default=[20, 20],

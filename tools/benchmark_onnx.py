@@ -39,6 +39,7 @@ from detectron2.modeling import build_model
 
 from pix2seq_d2.checkpoint import load_inference_weights
 from pix2seq_d2.config import load_config
+from pix2seq_d2.engine.launch import add_config_file_argument
 from pix2seq_d2.export.exporter import ONNX_EXPORTERS, OnnxPix2SeqRunner, export_image_size, export_onnx
 
 
@@ -57,7 +58,7 @@ def timed(fn, *args) -> tuple[float, object]:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/pix2seq_R50.yaml")
+    add_config_file_argument(parser, default="configs/pix2seq_R50.yaml")
     parser.add_argument("--image-size", type=int, default=320, help="side of the square test images (px)")
     parser.add_argument("--objects", type=int, default=20, help="objects decoded per image (5 steps each)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])

@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.checkpoint import load_inference_weights
 from pix2seq_d2.config import load_config
+from pix2seq_d2.engine.launch import add_config_file_argument
 
 D = "MODEL.PIX2SEQ.DECODE."
 SETTINGS: dict[str, list] = {
@@ -38,7 +39,7 @@ SETTINGS: dict[str, list] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--weights", required=True)
     parser.add_argument("--only", nargs="*", default=None, help="names of SETTINGS to run (default: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides applied to every setting")

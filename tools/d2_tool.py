@@ -17,12 +17,14 @@ with the Pix2Seq keys; the train/test loaders with the Pix2Seq mappers; the Pix2
 ``build_model`` with the auto settings; ``FlopCountAnalysis`` that counts
 ``scaled_dot_product_attention``); detectron2's are restored afterwards.
 
-Before the script starts, the config named by the script's ``--config-file`` (and the ``KEY VALUE``
-overrides at the end of ARGS), or by ``--datasets-from`` for scripts that take no config (e.g.
-``visualize_json_results.py``), is read as ``tools/train_net.py`` reads it: its ``DATASETS.COCO``
-entries are registered, so that the script finds them in ``DatasetCatalog``/``MetadataCatalog``,
-and its auto settings (``MODEL.PIX2SEQ.NUM_CLASSES 0``) are checked to be resolvable. A problem
-with the config or the datasets is one ``error: ...`` line and exit status 1.
+The script's ``--config-file`` may name a config shipped with pix2seq_d2
+(``quickstart/pix2seq_shapes.yaml``): the script gets its path. Before the script starts, the config
+named by the script's ``--config-file`` (and the ``KEY VALUE`` overrides at the end of ARGS), or by
+``--datasets-from`` for scripts that take no config (e.g. ``visualize_json_results.py``), is read as
+``tools/train_net.py`` reads it: its ``DATASETS.COCO`` entries are registered, so that the script
+finds them in ``DatasetCatalog``/``MetadataCatalog``, and its auto settings
+(``MODEL.PIX2SEQ.NUM_CLASSES 0``) are checked to be resolvable. A problem with the config or the
+datasets is one ``error: ...`` line and exit status 1.
 
 The PyPI build of detectron2 ships the scripts in ``.venv/share/detectron2/tools`` (not
 ``deploy/export_model.py``: take it from a detectron2 source checkout). Multi-process runs
@@ -46,6 +48,7 @@ from detectron2.config import CfgNode
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.engine.d2_script_patches import installed
 from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.model_zoo import resolve_config_path
 from pix2seq_d2.utils.errors import MissingFileError
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
@@ -68,6 +71,19 @@ def config_file_argument(argv: list[str]) -> str | None:
         if arg.startswith("--config-file="):
             return arg.split("=", 1)[1]
     return None
+
+
+def with_config_file(argv: list[str], config_file: str) -> list[str]:
+    """``argv`` with the value of its ``--config-file`` replaced by ``config_file``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config-file" and i + 1 < len(out):
+            out[i + 1] = config_file
+            break
+        if arg.startswith("--config-file="):
+            out[i] = f"--config-file={config_file}"
+            break
+    return out
 
 
 def config_overrides(argv: list[str], cfg: CfgNode) -> list[str]:
@@ -104,7 +120,10 @@ def run_script(script: str, script_args: list[str], datasets_from: str | None = 
     ``sys.argv = [script, *script_args]`` and the Pix2Seq replacements installed."""
     if not os.path.isfile(script):
         raise MissingFileError(f"no detectron2 tool script at {script}")
-    config_file = datasets_from or config_file_argument(script_args)
+    script_config = config_file_argument(script_args)
+    if script_config:  # the script reads the file itself: give it the path of a config given by name
+        script_args = with_config_file(script_args, resolve_config_path(script_config))
+    config_file = resolve_config_path(datasets_from) if datasets_from else config_file_argument(script_args)
     if config_file and config_file.endswith(".yaml"):
         read_script_config(config_file, script_args)
     saved_argv, saved_path = sys.argv, list(sys.path)

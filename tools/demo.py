@@ -52,7 +52,7 @@ from tqdm import tqdm
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.config import load_config
 from pix2seq_d2.data.image_io import BadInputError, read_image_file
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 from pix2seq_d2.utils.errors import MissingFileError
 from pix2seq_d2.utils.file_kinds import describe_file_start
 
@@ -297,7 +297,7 @@ def process_images(args: argparse.Namespace, predictor: Pix2SeqPredictor, logger
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     source.add_argument("--video-input", help="a video file")

@@ -37,7 +37,7 @@ from detectron2.data import DatasetCatalog
 
 from pix2seq_d2.config import load_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 from pix2seq_d2.engine.predictor import Pix2SeqPredictor
 from pix2seq_d2.export.exporter import (
     ONNX_EXPORTERS,
@@ -54,7 +54,7 @@ FORMATS = ("torchscript", "onnx")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported files")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--onnx-exporter", choices=ONNX_EXPORTERS, default="dynamo",

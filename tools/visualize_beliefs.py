@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pix2seq_d2 import Pix2SeqPredictor
 from pix2seq_d2.analysis.beliefs import draw_beliefs, read_beliefs
 from pix2seq_d2.config import load_config
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 
 
 def setup_cfg(config_file: str, opts: list[str]) -> CfgNode:
@@ -56,7 +56,7 @@ def figure_path(output: str, image_path: str, num_inputs: int) -> str:
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="output folder (or .png file, for a single input)")
     parser.add_argument("--max-objects", type=int, default=8, help="draw at most this many objects per image")

@@ -42,7 +42,7 @@ from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.dataset_mapper import expand_views
 from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 from pix2seq_d2.tasks import DetectionTask, build_task
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_data")
@@ -52,7 +52,7 @@ _COLORS = ((0.9, 0.1, 0.1), (0.1, 0.6, 0.1), (0.1, 0.3, 0.9), (0.9, 0.6, 0.0), (
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_file_argument(parser, required=True)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--num-images", type=int, default=8, help="training examples to write")
     parser.add_argument("--scale", type=float, default=1.0, help="drawing scale (small images: 2-4)")

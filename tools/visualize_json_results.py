@@ -43,7 +43,7 @@ from PIL import Image
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.image_io import read_image_file
 from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_command
 from pix2seq_d2.utils.errors import UserError
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_json_results")
@@ -63,7 +63,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf-threshold", type=float, default=0.5, help="draw predictions scoring above this")
     parser.add_argument("--max-images", type=int, default=0, help="draw at most this many images (0: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="drawing scale (small images: 2-4)")
-    parser.add_argument("--config-file", metavar="FILE", help="config whose DATASETS.COCO datasets to register")
+    add_config_file_argument(parser, help="config whose DATASETS.COCO datasets to register (path or shipped name)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 

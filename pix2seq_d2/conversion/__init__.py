@@ -4,12 +4,15 @@
 ``convert_checkpoint("pretrained_pix2seq", "checkpoint.pth")`` returns a
 :class:`ConvertedCheckpoint` (weights + the config that builds exactly that model);
 :func:`write_converted` saves it as ``OUTPUT.pth`` + ``OUTPUT.yaml``.
-``tools/convert_pix2seq_checkpoint.py`` is the command line for both.
+:func:`convert_published` fetches a published checkpoint by name (``"official/R50_640"``, see
+:data:`pix2seq_d2.model_zoo.PUBLISHED_CHECKPOINTS`) into the cache folder and converts it (:mod:`.fetch`).
+``tools/convert_pix2seq_checkpoint.py`` is the command line for all three.
 """
 
 from __future__ import annotations
 
 from .converter import ConversionError, ConvertedCheckpoint, config_yaml, write_converted
+from .fetch import checkpoint_folder, convert_published, fetch_checkpoint
 from .official import convert_official
 from .pretrained_pix2seq import convert_pretrained_pix2seq
 from .tf_checkpoint import TFCheckpoint, TFCheckpointError
@@ -31,9 +34,12 @@ __all__ = [
     "SOURCES",
     "TFCheckpoint",
     "TFCheckpointError",
+    "checkpoint_folder",
     "config_yaml",
     "convert_checkpoint",
     "convert_official",
     "convert_pretrained_pix2seq",
+    "convert_published",
+    "fetch_checkpoint",
     "write_converted",
 ]

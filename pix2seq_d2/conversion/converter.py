@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pix2seq_d2.model_zoo import ConfigNotFoundError, shipped_config_file
 from pix2seq_d2.utils.errors import UserError
-
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 class ConversionError(UserError, ValueError):
@@ -100,7 +99,7 @@ class ConvertedCheckpoint:
     source: str  # the file or folder converted
     source_kind: str  # "official" or "pretrained_pix2seq"
     state_dict: dict[str, torch.Tensor]
-    base_config: str  # configs/official/*.yaml the written config is based on
+    base_config: str  # the shipped configs/official/*.yaml the written config is based on (absolute path)
     overrides: dict[str, object]  # config key -> value read from the checkpoint
     ignored: list[str] = field(default_factory=list)  # source tensors on the ignore list
     notes: list[str] = field(default_factory=list)  # facts a user should know (printed by the tool)
@@ -151,9 +150,12 @@ def check_against_model(converted: ConvertedCheckpoint) -> None:
 
 
 def family_config(name: str, image_size: int) -> str:
-    """``configs/official/<name>_<size>.yaml``, or the 640 one when there is none for this size."""
-    path = os.path.join(CONFIGS_DIR, "official", f"{name}_{image_size}.yaml")
-    return path if os.path.exists(path) else os.path.join(CONFIGS_DIR, "official", f"{name}_640.yaml")
+    """The shipped ``configs/official/<name>_<size>.yaml``, or the 640 one when there is none for this size:
+    an absolute path that exists in editable and non-editable installs alike (``OUTPUT.yaml``'s ``_BASE_``)."""
+    try:
+        return shipped_config_file(f"official/{name}_{image_size}.yaml")
+    except ConfigNotFoundError:
+        return shipped_config_file(f"official/{name}_640.yaml")
 
 
 def _yaml_value(value: object) -> str:

@@ -1,6 +1,7 @@
 """The command line of every tool: a :class:`~pix2seq_d2.utils.errors.UserError` (a wrong file, dataset
-or setting) is printed as one ``error: ...`` line (exit status 1) instead of a traceback; and the training
-scripts' shared arguments and checked ``launch``."""
+or setting) is printed as one ``error: ...`` line (exit status 1) instead of a traceback; the training
+scripts' shared arguments and checked ``launch``; and ``--config-file`` by path or by the name of a config
+shipped with the package (:func:`add_config_file_argument`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from collections.abc import Callable
 from detectron2.engine import default_argument_parser, launch
 
 from pix2seq_d2.engine.distributed import leave_process_group
+from pix2seq_d2.model_zoo import resolve_config_path
 from pix2seq_d2.utils.errors import UserError
+
+CONFIG_FILE_HELP = (
+    "config file: a path, or the name of a config shipped with pix2seq_d2 (e.g. quickstart/pix2seq_shapes.yaml, "
+    "official/pix2seq_R50_640.yaml; a leading configs/ is allowed) when no such file exists here"
+)
 
 
 def run_command(main: Callable[[], object]) -> int:
@@ -25,11 +32,20 @@ def run_command(main: Callable[[], object]) -> int:
     return 0
 
 
+def add_config_file_argument(parser: argparse.ArgumentParser, **kwargs) -> argparse.Action:
+    """``--config-file FILE``, resolved by :func:`pix2seq_d2.model_zoo.resolve_config_path`: an existing
+    path as is, else the shipped config of that name (a name that is neither is kept, so that reading it
+    reports the missing file). ``kwargs`` go to ``add_argument`` (``required``, ``default``, ``help``)."""
+    kwargs.setdefault("metavar", "FILE")
+    kwargs.setdefault("help", CONFIG_FILE_HELP)
+    return parser.add_argument("--config-file", type=resolve_config_path, **kwargs)
+
+
 def parse_train_args(argv: list[str] | None, output_dir_key: str, example_configs: str) -> argparse.Namespace:
     """detectron2's training arguments plus ``--resume-newest-intact``; a missing ``--config-file`` is
     a usage error naming ``example_configs`` (detectron2's defaults would otherwise build a GPU
-    Mask R-CNN and fail on the missing driver). ``output_dir_key``: where the script's config keeps
-    its output folder (for the help text)."""
+    Mask R-CNN and fail on the missing driver); a config name resolves as in :func:`add_config_file_argument`.
+    ``output_dir_key``: where the script's config keeps its output folder (for the help text)."""
     parser = default_argument_parser()
     parser.add_argument(
         "--resume-newest-intact",
@@ -40,6 +56,7 @@ def parse_train_args(argv: list[str] | None, output_dir_key: str, example_config
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error(f"--config-file is required: e.g. {example_configs}")
+    args.config_file = resolve_config_path(args.config_file)  # a path, or the name of a shipped config
     return args
 
 

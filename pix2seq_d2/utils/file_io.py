@@ -1,5 +1,6 @@
 """Writing files all or nothing: the one atomic writer of checkpoints, converted weights, configs and
-generated datasets (a crash or ``kill -9`` while writing leaves the previous file intact)."""
+generated datasets (a crash or ``kill -9`` while writing leaves the previous file intact), and its final
+step on its own (:func:`replace_synced`) for downloads, which fill a resumable ``.part`` file first."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import secrets
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "replace_synced"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -38,12 +39,19 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+
+
+def replace_synced(tmp: str, path: str) -> None:
+    """Rename the complete, fsync'ed file ``tmp`` over ``path`` (atomic on POSIX and Windows) and sync the
+    folder, so that the new name survives a crash: :func:`atomic_write`'s last step, on its own for writers
+    that fill their temporary file themselves (a resumable download's ``.part``)."""
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

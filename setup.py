@@ -1,4 +1,4 @@
-"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README)."""
+"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see docs/install.md)."""
 
 from setuptools import find_packages, setup
 

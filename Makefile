@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pix2seq-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The PyPI build of upstream detectron2 main (a59f056), installed as pure Python:
-# see README "Installing detectron2".
+# see docs/install.md "Installing detectron2".
 D2_PYPI_SPEC ?= sal-detectron2==0.7.2
 PYTEST_ARGS ?=
 # detectron2's tool scripts (analyze_model.py, benchmark.py, ...) from the PyPI build

@@ -1,4 +1,4 @@
-"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see README).
+"""Installs the pix2seq_d2 package (detectron2 itself is installed separately: see docs/install.md).
 
 The configs (the repository's top-level ``configs/`` folder) ship inside the package as
 ``pix2seq_d2/model_zoo/configs``: a committed symlink to ``../../configs`` in the source tree, copied as

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-# `pip check` lines the README explains (section "Installing detectron2"); anything else is new.
+# `pip check` lines docs/install.md explains (section "Installing detectron2"); anything else is new.
 EXPLAINED = (
     re.compile(r"^sal-detectron2 \S+ has requirement numpy<2, but you have numpy 2\.\S+\.$"),
     re.compile(r"^sal-detectron2 \S+ is not supported on this platform$"),
@@ -29,4 +29,4 @@ def test_pip_check_reports_only_the_explained_conflicts():
     if any(line.startswith("No broken requirements") for line in lines):
         return
     unexplained = [line for line in lines if not any(p.match(line) for p in EXPLAINED)]
-    assert not unexplained, f"pip check reports conflicts the README does not explain: {unexplained}"
+    assert not unexplained, f"pip check reports conflicts docs/install.md does not explain: {unexplained}"

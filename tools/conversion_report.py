@@ -7,7 +7,7 @@ For every case folder with an ``io.npz`` and a checkpoint (the official TF forma
 Pretrained-Pix2Seq ``checkpoint.pth``), converts the checkpoint, runs the converted model on the
 case's inputs and prints, per stage, the largest absolute error divided by the reference's largest
 magnitude, and whether the greedy tokens are identical. The tests (tests/test_conversion_*.py)
-assert the same stages against a 1e-4 bar; this prints the numbers for the README.
+assert the same stages against a 1e-4 bar; this prints the numbers for docs/pretrained_models.md.
 """
 
 from __future__ import annotations

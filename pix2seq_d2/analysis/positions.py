@@ -4,7 +4,8 @@ A Pix2Seq model emits objects one after another. Counting, at each position of t
 how often the object there matches a ground-truth box that no earlier position matched ("new")
 and how often it matches one that an earlier position already found ("repeat") shows what
 limits recall: a model that stops early has short sequences; a model that repeats objects
-(what under-trained sequence-augmented models do, see the README) has many repeats early on.
+(what under-trained sequence-augmented models do, see docs/studies/sequence_augmentation.md) has many
+repeats early on.
 ``tools/analyze_positions.py`` runs it over a dataset.
 """
 

@@ -67,7 +67,7 @@ def layout_uses_category_ids(cfg: CfgNode, num_classes: int) -> bool:
 
 def register_hint(cfg: CfgNode) -> str:
     where = "list it in DATASETS.COCO, or register it in code" if "COCO" in cfg.DATASETS else "register it in code"
-    return f' ({where}: README "Your own COCO-format dataset")'
+    return f" ({where}: docs/your_own_data.md)"
 
 
 def dataset_problems(cfg: CfgNode, for_training: bool, names: dict[str, str] | None = None) -> list[Problem]:

@@ -1,4 +1,9 @@
-"""`add_pix2seq_config`: every Pix2Seq knob, with its default and what it means."""
+"""`add_pix2seq_config`: every Pix2Seq knob, with its default and what it means.
+
+The comment above a key (or beside it) is its documentation: ``docs/configuration.md`` is generated from
+these comments and the rule table (:mod:`pix2seq_d2.config.reference`); a comment above ``X = CN()``
+describes the node ``X``. After changing a key or its comment, run ``python tools/generate_config_reference.py``.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +21,18 @@ def add_pix2seq_config(cfg: CN) -> None:
     # category id. 0 ("auto"): taken at start-up from DATASETS.TRAIN[0] (DATASETS.TEST[0] when
     # there is no training set), from its metadata or its COCO json's "categories", without loading
     # the dataset; with a layout keyed by category ids and an empty TOKENIZER.CATEGORY_IDS, those
-    # ids are filled in too (pix2seq_d2/config/checks.py: resolve_auto_settings). Every start-up
+    # ids are filled in too (pix2seq_d2/config/dataset_checks.py: resolve_auto_settings). Every start-up
     # checks NUM_CLASSES (and CATEGORY_IDS) against the classes of DATASETS.TRAIN and .TEST.
     p.NUM_CLASSES = 80
     # ---- tokenizer ----
     # Quantisation bins per coordinate. The paper uses 1000 at 640 px and 2000 at 1333 px;
     # about one bin per pixel of the longest training side is plenty.
     p.NUM_BINS = 1000
+    p.TOKENIZER = CN()
     # Vocabulary layout (pix2seq_d2/tasks/tokenizer.py): "pix2seq_d2" (compact: PAD EOS START NOISE,
     # classes, bins), "official" (google-research/pix2seq: 3000 tokens, class = 100 + category
     # id, bins from 1000, round(v * (B-1))) or "pretrained_pix2seq" (bins from 0, class = B +
     # category id, xyxy order). Converted checkpoints keep the layout they were trained with.
-    p.TOKENIZER = CN()
     p.TOKENIZER.LAYOUT = "pix2seq_d2"
     # Layouts keyed by category ids: the dataset category id of each contiguous class 0..C-1
     # (for COCO the 80 ids 1..90, sorted, as detectron2 maps them). Empty: 0..C-1 themselves
@@ -88,7 +93,7 @@ def add_pix2seq_config(cfg: CN) -> None:
     p.MEMORY_PROJECTION = False
     # "relu" (DETR, Pretrained-Pix2Seq) or "gelu" (exact, erf form: official) in every FFN.
     p.ACTIVATION = "relu"
-    p.LAYER_NORM_EPS = 1e-5  # the official models: 1e-6
+    p.LAYER_NORM_EPS = 1e-5  # LayerNorm epsilon (the official models: 1e-6)
     # The decoder's position embedding: "learned" (one vector per position) or "none".
     p.DECODER_POSITIONS = "learned"
     # Rows of the learned decoder position embedding (the official checkpoints have 512);
@@ -150,18 +155,18 @@ def add_pix2seq_config(cfg: CN) -> None:
     # (detectron2's build_resnet_backbone fixes R18/R34 at 64 stem channels).
     cfg.MODEL.SMALL_RESNET = CN()
     s = cfg.MODEL.SMALL_RESNET
-    s.STEM_OUT_CHANNELS = 16  # the stem is one 3x3 stride-2 convolution
+    s.STEM_OUT_CHANNELS = 16  # output channels of the stem, one 3x3 stride-2 convolution
     s.WIDTHS = [16, 32, 64, 128]  # output channels of res2..res5
     s.DEPTHS = [1, 1, 1, 1]  # BasicBlocks per stage
-    s.NORM = "BN"
-    s.OUT_FEATURES = ["res5"]
+    s.NORM = "BN"  # normalisation of the stem and blocks (a detectron2 get_norm name)
+    s.OUT_FEATURES = ["res5"]  # the stages the backbone outputs
 
     # detectron2's ResNet stem max-pool pads 1 pixel on every side; "tf_same" pads like
     # TensorFlow's SAME (0 before / 1 after on even sizes), as the official checkpoints were
     # trained. Used by build_pix2seq_resnet_backbone.
     cfg.MODEL.RESNETS.STEM_POOL_PADDING = "symmetric"
 
-    # The official Pix2Seq ViT (build_pix2seq_vit_backbone, pix2seq_d2/vit.py): patch embedding,
+    # The official Pix2Seq ViT (build_pix2seq_vit_backbone, pix2seq_d2/modeling/backbone/vit.py): patch embedding,
     # LayerNorm, fixed sin-cos positions, pre-norm GELU layers, final LayerNorm; its output
     # feature "vit" (stride PATCH_SIZE) feeds MODEL.PIX2SEQ with INPUT_PROJ "identity".
     cfg.MODEL.VIT = CN()
@@ -194,10 +199,12 @@ def add_pix2seq_config(cfg: CN) -> None:
     # float16 with gradient scaling on a GPU and bfloat16 (no scaling) on the CPU.
     cfg.SOLVER.AMP.PRECISION = "auto"
 
-    # AdamW and the linear-decay schedule (SOLVER.LR_SCHEDULER_NAME = "WarmupLinearDecayLR").
+    # The optimizer: "ADAMW" (AdamW with no weight decay on norms, biases and embeddings; see
+    # pix2seq_d2/solver/build.py), the only one.
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BETAS = (0.9, 0.999)
-    # The learning rate at the end of "WarmupLinearDecayLR", as a fraction of BASE_LR.
+    # The learning rate at the end of SOLVER.LR_SCHEDULER_NAME "WarmupLinearDecayLR" (warmup, then linear
+    # decay: the paper's schedule), as a fraction of BASE_LR.
     cfg.SOLVER.END_LR_FACTOR = 0.01
 
     # ---- training image augmentation (pix2seq_d2/data/transforms.py) ----
@@ -210,8 +217,8 @@ def add_pix2seq_config(cfg: CN) -> None:
     cfg.INPUT.LSJ = CN()
     cfg.INPUT.LSJ.ENABLED = False
     cfg.INPUT.LSJ.IMAGE_SIZE = 640
-    cfg.INPUT.LSJ.MIN_SCALE = 0.3  # the paper's scale range: 0.3 - 2.0
-    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    cfg.INPUT.LSJ.MIN_SCALE = 0.3  # smallest scale s (the paper's range: 0.3 - 2.0)
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0  # largest scale s
     # Colour distortion, after the geometric ops, in random order: brightness, contrast and
     # saturation factors drawn from [max(0, 1 - x), 1 + x], a hue rotation from [-HUE, HUE] turns
     # of the colour wheel (at most 0.5); 0 turns an op off. Needs INPUT.FORMAT "BGR" or "RGB".
@@ -232,7 +239,7 @@ def add_pix2seq_config(cfg: CN) -> None:
     # package is missing) or "auto" (faster_coco_eval when installed, else pycocotools + a warning).
     cfg.TEST.COCO_EVAL_BACKEND = "auto"
 
-    # Your own COCO-format datasets, registered by name (pix2seq_d2/data/datasets/coco.py) so that
+    # Your own COCO-format datasets, registered by name (pix2seq_d2/data/datasets/register_coco.py) so that
     # DATASETS.TRAIN/TEST can use them: a list of [name, json_file, image_root] entries, e.g. in a
     # yaml "COCO: [[mydata_train, data/train.json, data/images], [mydata_val, ...]]" or on the
     # command line DATASETS.COCO "[['mydata_train', 'data/train.json', 'data/images']]". Relative

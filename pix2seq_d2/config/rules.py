@@ -34,6 +34,7 @@ from .problems import Problem
 __all__ = [
     "RULES",
     "Boolean",
+    "Condition",
     "Each",
     "OneOf",
     "Range",
@@ -156,20 +157,31 @@ def _get(cfg: CfgNode, key: str) -> Any:
     return node
 
 
-def _is(key: str, *values: Any) -> Callable[[CfgNode], bool]:
-    return lambda cfg: _get(cfg, key) in values
+@dataclass(frozen=True)
+class Condition:
+    """When a rule applies: ``test(cfg)``, and the same in words (``text``) for the documentation."""
+
+    text: str
+    test: Callable[[CfgNode], bool]
+
+    def __call__(self, cfg: CfgNode) -> bool:
+        return self.test(cfg)
 
 
-def _on(key: str) -> Callable[[CfgNode], bool]:
-    return lambda cfg: _get(cfg, key) is True
+def _is(key: str, *values: Any) -> Condition:
+    return Condition(f"{key} is {' or '.join(map(repr, values))}", lambda cfg: _get(cfg, key) in values)
 
 
-def _off(key: str) -> Callable[[CfgNode], bool]:
-    return lambda cfg: _get(cfg, key) is not True
+def _on(key: str) -> Condition:
+    return Condition(f"{key} is True", lambda cfg: _get(cfg, key) is True)
 
 
-def _all(*conditions: Callable[[CfgNode], bool]) -> Callable[[CfgNode], bool]:
-    return lambda cfg: all(c(cfg) for c in conditions)
+def _off(key: str) -> Condition:
+    return Condition(f"{key} is False", lambda cfg: _get(cfg, key) is not True)
+
+
+def _all(*conditions: Condition) -> Condition:
+    return Condition(" and ".join(c.text for c in conditions), lambda cfg: all(c(cfg) for c in conditions))
 
 
 @dataclass(frozen=True)
@@ -180,7 +192,7 @@ class Rule:
     key: str
     spec: Spec
     why: str
-    when: Callable[[CfgNode], bool] | None = None
+    when: Condition | None = None
     training_only: bool = False
     warning: bool = False
 
@@ -375,9 +387,12 @@ def table_problems(cfg: CfgNode, for_training: bool) -> list[Problem]:
 
 
 def rule_table() -> list[dict[str, str]]:
-    """:data:`RULES` as rows (key, allowed, when, why), for documentation."""
+    """:data:`RULES` as rows, for documentation: ``key``, ``allowed``, ``why``, ``scope`` ("always" or
+    "training", plus ", warning" for a rule that only warns) and ``when`` (the rule's condition in words;
+    "" when it always applies)."""
     return [
         {"key": r.key, "allowed": r.spec.describe(), "why": r.why,
-         "scope": ("training" if r.training_only else "always") + (", warning" if r.warning else "")}
+         "scope": ("training" if r.training_only else "always") + (", warning" if r.warning else ""),
+         "when": r.when.text if r.when is not None else ""}
         for r in RULES
     ]  # fmt: skip

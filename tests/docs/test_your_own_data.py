@@ -1,6 +1,6 @@
-"""The README's "Your own COCO-format dataset" section, run as written on the CPU.
+"""The guide docs/your_own_data.md ("Your own COCO-format dataset"), run as written on the CPU.
 
-The yaml and the command are read from the README itself (after their ``<!-- mydata-... -->``
+The yaml and the command are read from the guide itself (after their ``<!-- mydata-... -->``
 markers), on a small dataset with category ids 1, 3 and 7 written by the test. The only changes are
 the ones a user makes: their own paths. The run is also shortened (``SOLVER.MAX_ITER``) to keep the
 test fast.
@@ -20,8 +20,12 @@ from tests.helpers import REPO_ROOT, shapes_image, write_image
 CATEGORY_IDS = (1, 3, 7)
 
 
-def readme_block(marker: str) -> str:
-    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+GUIDE = os.path.join(REPO_ROOT, "docs", "your_own_data.md")
+
+
+def guide_block(marker: str) -> str:
+    """The first fenced code block after ``<!-- marker -->`` in the guide."""
+    with open(GUIDE, encoding="utf-8") as f:
         text = f.read()
     after = text[text.index(f"<!-- {marker} -->") :]
     return re.search(r"```\w*\n(.*?)```", after, re.S).group(1)
@@ -52,16 +56,16 @@ def write_dataset(root, split: str, num_images: int, seed: int) -> None:
     (root / f"{split}.json").write_text(json.dumps(coco))
 
 
-def test_readme_custom_dataset_section_trains_and_evaluates_on_the_cpu(tmp_path):
+def test_your_own_data_guide_trains_and_evaluates_on_the_cpu(tmp_path):
     data = tmp_path / "mydata"
     write_dataset(data, "train", 6, seed=1)
     write_dataset(data, "val", 3, seed=2)
-    yaml = readme_block("mydata-yaml").replace("/data/mydata", str(data))
-    base = re.search(r'_BASE_: "(.*?)"', yaml).group(1)  # relative to the README's configs/ folder
+    yaml = guide_block("mydata-yaml").replace("/data/mydata", str(data))
+    base = re.search(r'_BASE_: "(.*?)"', yaml).group(1)  # relative to the configs/ folder the guide saves it in
     yaml = yaml.replace(base, os.path.join(REPO_ROOT, "configs", base))
     os.makedirs(tmp_path / "configs")
     (tmp_path / "configs" / "mydata.yaml").write_text(yaml)
-    command = shlex.split(readme_block("mydata-command").strip())
+    command = shlex.split(guide_block("mydata-command").strip())
     assert command[:2] == ["python", "tools/train_net.py"]
     command = [sys.executable, os.path.join(REPO_ROOT, command[1]), *command[2:]]
     command += ["SOLVER.MAX_ITER", "12", "SOLVER.WARMUP_ITERS", "2"]  # shorter, for the test

@@ -40,6 +40,10 @@ class MixedPrecisionTrainer(AMPTrainer):
         return cls(model, data_loader, optimizer, amp_dtype(cfg.SOLVER.AMP.PRECISION, device_type))
 
     def run_step(self) -> None:
+        # AMPTrainer.run_step with one change: autocast on the model's device type (AMPTrainer's asserts CUDA
+        # and uses torch.cuda.amp.autocast). It has no hook for the autocast, so its loop is written here again,
+        # using SimpleTrainer's protected _data_loader_iter and _write_metrics as AMPTrainer does;
+        # tests/engine/test_trainer.py fails when detectron2 changes AMPTrainer.run_step.
         assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)

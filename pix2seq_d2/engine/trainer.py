@@ -24,6 +24,7 @@ Use it like ``DefaultTrainer`` (``tools/train_net.py`` does). What it adds:
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 
@@ -34,6 +35,7 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
@@ -78,7 +80,16 @@ class Pix2SeqTrainer(DefaultTrainer):
         # Bad settings stop here, before anything is built (the schedule as auto-scaled below).
         # NUM_CLASSES 0 -> from DATASETS.TRAIN[0]; every setting checked
         cfg = prepare_config(cfg, for_training=True, num_workers=comm.get_world_size())
-        # Same construction order as DefaultTrainer.__init__, with `wrap_distributed`.
+        # DefaultTrainer.__init__ step by step, because three of its steps have no public hook:
+        # * its create_ddp_model passes device_ids=[local rank], which DDP refuses for a CPU model: GLOO
+        #   workers on the CPU could not train (wrap_distributed passes none there);
+        # * it builds AMPTrainer, which asserts a GPU: MixedPrecisionTrainer autocasts on the CPU too;
+        # * it builds DetectionCheckpointer: Pix2SeqCheckpointer saves atomically, loads weights-only and
+        #   checkpoints the EMA.
+        # Everything else is the same build_* sequence; tests/engine/test_trainer.py fails when detectron2
+        # changes DefaultTrainer.__init__, so that this copy is looked at again.
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # as DefaultTrainer does when detectron2's logger is not set up
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
@@ -100,23 +111,31 @@ class Pix2SeqTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> list[d2_hooks.HookBase]:
-        """detectron2's hooks, plus: with several workers, a check that they end with the same
-        weights; with ``MODEL.EMA.ENABLED``, the EMA update (before checkpointing and evaluation)
-        whose weights the evaluation hook then uses."""
-        hooks = super().build_hooks()
+        """detectron2's hooks, with its evaluation hook evaluating the weights that get checkpointed (the
+        EMA when enabled, rank 0's buffers on every worker: :func:`with_checkpointed_weights`), plus: with
+        several workers, a check that they end with the same weights; with ``MODEL.EMA.ENABLED``, the EMA
+        update (before checkpointing and evaluation)."""
+        hooks = [
+            d2_hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_checkpointed_weights)
+            if isinstance(hook, d2_hooks.EvalHook)
+            else hook
+            for hook in super().build_hooks()
+        ]
         if comm.get_world_size() > 1:
             hooks.append(ReplicaAgreementHook())
         if self.ema is not None:
             after_scheduler = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
             hooks.insert(after_scheduler, EMAHook(self.ema))
-        for hook in hooks:
-            if isinstance(hook, d2_hooks.EvalHook):
-                hook._func = self._evaluation_weights(hook._func)  # EvalHook keeps its function in `_func`
         return hooks
 
-    def _evaluation_weights(self, evaluate):
-        """``evaluate`` run with the weights that get checkpointed (see :func:`with_checkpointed_weights`)."""
-        return with_checkpointed_weights(evaluate, self.model, self.ema)
+    def evaluate_checkpointed_weights(self) -> dict:
+        """:meth:`test` of the weights that get checkpointed (the evaluation hook's function). The results
+        are kept in ``_last_eval_results``, which ``DefaultTrainer.train`` checks against
+        ``TEST.EXPECTED_RESULTS`` (its own evaluation function keeps them there too)."""
+        self._last_eval_results = with_checkpointed_weights(
+            lambda: self.test(self.cfg, self.model), self.model, self.ema
+        )()
+        return self._last_eval_results
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:

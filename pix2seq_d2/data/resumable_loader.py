@@ -355,7 +355,9 @@ def build_resumable_train_loader(cfg: CfgNode, mapper: Callable, num_classes: in
     if not isinstance(dicts, list):  # a registered torch Dataset: no dicts to index
         logger.warning("The training set is a torch Dataset: using detectron2's loader (resume restarts its stream)")
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
-    make_sampler = _sampler_factory(d.SAMPLER_TRAIN, dicts, d.REPEAT_THRESHOLD, d.REPEAT_SQRT, d.RANDOM_SUBSET_RATIO)
+    # DATALOADER.RANDOM_SUBSET_RATIO is missing from some detectron2 builds' defaults (only its sampler reads it)
+    subset_ratio = d.get("RANDOM_SUBSET_RATIO", 0.8)
+    make_sampler = _sampler_factory(d.SAMPLER_TRAIN, dicts, d.REPEAT_THRESHOLD, d.REPEAT_SQRT, subset_ratio)
     if make_sampler is None:
         if num_classes is not None:
             check_category_ids(dicts, num_classes, cfg.DATASETS.TRAIN)

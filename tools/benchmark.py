@@ -139,7 +139,7 @@ def _mapped(dicts: list[dict], mapper: Callable[[dict], dict], seed: int) -> Ite
 
 def benchmark_data(cfg: CfgNode, iters: int, warmup: int, max_seconds: float) -> dict:
     """The training mapper alone and the whole training loader; -> images/s of each (and batches/s)."""
-    dicts = load_train_dataset_dicts(cfg)
+    dicts = load_train_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     mapper = Pix2SeqDatasetMapper(cfg, is_train=True)
     mapper_seconds, _ = iter_benchmark(_mapped(dicts, mapper, max(cfg.SEED, 0)), iters, warmup, max_seconds)
     loader = Pix2SeqTrainer.build_train_loader(cfg)

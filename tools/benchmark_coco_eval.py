@@ -13,8 +13,9 @@ Two prediction sets, each evaluated by both backends of ``pix2seq_d2.evaluation.
 * ``synthetic``: a generated COCO-style set with ``--images`` images (some empty) and exactly
   ``--preds-per-image`` predictions each, over ``--categories`` categories.
 
-The ground truth is written to a json file and loaded by each backend; each repeat times, per
-backend, ``loadRes`` of the predictions and ``evaluate() + accumulate() + summarize()``. The
+The ground truth is written to a json file and loaded by each backend (read by the checked COCO reader,
+as the evaluator reads it, then indexed by the backend); each repeat times, per backend, the loading,
+``loadRes`` of the predictions and ``evaluate() + accumulate() + summarize()``. The
 backends alternate within each repeat, and the medians are reported. The 12 summary numbers (AP
 and AR) of both backends are compared: the largest absolute difference is printed, and the run
 fails if it exceeds ``--tolerance``.
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from pix2seq_d2.data.datasets import load_coco_ground_truth
 from pix2seq_d2.data.datasets.shapes import default_shapes_root, shapes_split_paths
 from pix2seq_d2.evaluation.coco_evaluation import (
     BACKENDS,
@@ -201,8 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"CPU cores: {os.cpu_count()}, repeats: {args.repeats} (medians), seed: {args.seed}")
     sets = []
     if args.shapes_json and os.path.isfile(args.shapes_json):
-        with open(args.shapes_json) as f:
-            shapes_gt = json.load(f)
+        shapes_gt = load_coco_ground_truth(args.shapes_json)
         sets.append(("shapes_val", shapes_gt, perturbed_predictions(shapes_gt, rng)))
     elif args.shapes_json:
         print(f"(skipping shapes_val: {args.shapes_json} does not exist)")

@@ -2,15 +2,18 @@
 
 The train nets, the trainer, the predictor (and so the demo), the export and every tool call it, so that
 a config means the same thing everywhere: the ``DATASETS.COCO`` entries are registered (a no-op when they
-already are), the "auto" settings filled in (``MODEL.PIX2SEQ.NUM_CLASSES: 0`` from ``DATASETS.TRAIN[0]``),
-and every setting checked, each error naming its key (:func:`~.checks.check_config`).
+already are), the datasets of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` that detectron2's
+``register_coco_instances`` registered are read by the checked COCO reader from then on
+(:func:`~pix2seq_d2.data.datasets.use_checked_coco_loader`), the "auto" settings filled in
+(``MODEL.PIX2SEQ.NUM_CLASSES: 0`` from ``DATASETS.TRAIN[0]``), and every setting checked, each error naming
+its key (:func:`~.checks.check_config`).
 """
 
 from __future__ import annotations
 
 from detectron2.config import CfgNode
 
-from pix2seq_d2.data.datasets import register_coco_datasets
+from pix2seq_d2.data.datasets import register_coco_datasets, use_checked_coco_loader
 
 from .checks import check_config
 from .dataset_checks import resolve_auto_settings, with_auto_settings
@@ -19,7 +22,8 @@ __all__ = ["prepare_config"]
 
 
 def prepare_config(cfg: CfgNode, *, for_training: bool, num_workers: int | None = None) -> CfgNode:
-    """Register ``cfg``'s ``DATASETS.COCO`` entries, fill in its auto settings and check every setting.
+    """Register ``cfg``'s ``DATASETS.COCO`` entries, have its ``register_coco_instances`` datasets read by the
+    checked COCO reader, fill in its auto settings and check every setting.
 
     Args:
         for_training: also check the training-only settings, the training datasets and the schedule
@@ -31,6 +35,7 @@ def prepare_config(cfg: CfgNode, *, for_training: bool, num_workers: int | None 
     invalid setting; warnings are logged once.
     """
     register_coco_datasets(cfg)
+    use_checked_coco_loader([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     cfg = with_auto_settings(cfg) if cfg.is_frozen() else resolve_auto_settings(cfg)
     check_config(cfg, for_training=for_training, num_workers=num_workers)
     return cfg

@@ -4,12 +4,13 @@ and the annotation; a category id outside the model's classes is an error naming
 * Annotations with a NaN/infinite coordinate or a negative width/height are dropped with a warning
   naming the file and the annotation (:func:`valid_annotations`), once per annotation;
 * a category id outside ``0..NUM_CLASSES-1`` stops with an error naming them and ``NUM_CLASSES``
-  (:func:`check_category_ids` before training, :func:`valid_annotations` per image).
+  (:func:`check_category_ids` before training, :func:`valid_annotations` per image);
+* a dataset whose function calls detectron2's ``load_coco_json`` and fails is explained by the checked COCO
+  reader (:func:`explain_dataset_error`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable
@@ -17,8 +18,9 @@ from collections.abc import Iterable
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import log_first_n
+
+from pix2seq_d2.data.datasets.coco import CocoJsonError, load_coco_json_checked
 
 __all__ = ["check_category_ids", "drop_invalid_annotations", "explain_dataset_error", "valid_annotations"]
 
@@ -99,32 +101,17 @@ def check_category_ids(dataset_dicts: list[dict], num_classes: int, dataset_name
         )
 
 
-def _unknown_coco_categories(json_file: str) -> str | None:
-    """A description of the annotations of a COCO json whose category id is not in its 'categories'."""
-    with PathManager.open(json_file) as f:
-        coco = json.load(f)
-    known = {c["id"] for c in coco.get("categories", [])}
-    bad = [a for a in coco.get("annotations", []) if a.get("category_id") not in known]
-    if not bad:
-        return None
-    first = bad[0]
-    return (
-        f"{json_file}: {len(bad)} annotations have a category_id that is not among its 'categories' "
-        f"(ids {sorted(known)}); first: annotation id {first.get('id')} of image id {first.get('image_id')} "
-        f"with category_id={first.get('category_id')}"
-    )
-
-
 def explain_dataset_error(dataset_names: Iterable[str]) -> str | None:
-    """After a ``KeyError`` while loading datasets: which of their COCO json files hold annotations with
-    unknown category ids (detectron2's ``load_coco_json`` names neither file nor annotation); None: none."""
+    """After a ``KeyError`` while loading datasets (detectron2's ``load_coco_json`` on an annotation whose
+    category is not in the json, naming neither the file nor the annotation): what the checked COCO reader
+    finds wrong with their metadata's json files. None: nothing."""
     found = []
     for name in dataset_names:
-        json_file = MetadataCatalog.get(name).get("json_file")
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file")
         if json_file:
             try:
-                found.append(_unknown_coco_categories(json_file))
-            except (OSError, ValueError):
-                continue
-    found = [f for f in found if f]
+                load_coco_json_checked(json_file, meta.get("image_root", ""), allow_empty=True)
+            except CocoJsonError as e:
+                found.append(str(e))
     return "; ".join(found) or None

@@ -46,6 +46,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from pix2seq_d2.data.annotation_checks import check_category_ids, explain_dataset_error
+from pix2seq_d2.data.datasets import EmptyDatasetError, use_checked_coco_loader
 from pix2seq_d2.data.image_io import BadInputError
 from pix2seq_d2.utils.seeding import mix_seed, sample_seed, seeded_rngs
 
@@ -234,13 +235,16 @@ class ResumableTrainLoader:
 
 def load_train_dataset_dicts(names: str | Sequence[str], filter_empty: bool = True) -> list[dict]:
     """The dicts of the registered datasets ``names`` as detectron2's train loader gets them
-    (``get_detection_dataset_dicts``), with clear errors for an empty training set and for COCO annotations
-    with unknown category ids. The cause of a failed load is found by looking at the datasets, not at the
+    (``get_detection_dataset_dicts``; datasets registered by ``register_coco_instances`` read by the checked
+    COCO reader, see :func:`~pix2seq_d2.data.datasets.use_checked_coco_loader`), with clear errors for an
+    empty training set and for a COCO json that detectron2's own reader fails on (a dataset registered with
+    a function that calls it). The cause of a failed load is found by looking at the datasets, not at the
     text of detectron2's error."""
     names = (names,) if isinstance(names, str) else tuple(names)
     if not names:
         raise ValueError("DATASETS.TRAIN is empty: name at least one registered dataset to train on")
     try:
+        use_checked_coco_loader(names)
         dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except KeyError as e:
         explanation = explain_dataset_error(names)
@@ -256,7 +260,9 @@ def load_train_dataset_dicts(names: str | Sequence[str], filter_empty: bool = Tr
         hint = ""
         if filter_empty:
             hint = " (DATALOADER.FILTER_EMPTY_ANNOTATIONS removed every image without a non-crowd annotation)"
-        raise ValueError(f"The training set {names} has no images{hint}: check the dataset's registration and files")
+        raise EmptyDatasetError(
+            f"The training set {names} has no images{hint}: check the dataset's registration and files"
+        )
     return dicts
 
 

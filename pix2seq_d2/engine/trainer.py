@@ -41,6 +41,7 @@ from torch import nn
 from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config import check_datasets, prepare_config
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.data.datasets import use_checked_coco_loader
 from pix2seq_d2.data.resumable_loader import ResumableTrainLoader, build_resumable_train_loader
 from pix2seq_d2.engine.amp import MixedPrecisionTrainer
 from pix2seq_d2.engine.distributed import with_checkpointed_weights
@@ -158,6 +159,7 @@ class Pix2SeqTrainer(DefaultTrainer):
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         # With TEST.SEQ_LIKELIHOOD the mapper also tokenizes the annotations, for the likelihood evaluator.
         mapper = Pix2SeqDatasetMapper(cfg, is_train=False, use_annotations=cfg.TEST.SEQ_LIKELIHOOD)
+        use_checked_coco_loader([dataset_name])  # a register_coco_instances dataset: the checked reader
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod

@@ -1,7 +1,15 @@
-"""COCO evaluation for Pix2Seq: average recall next to average precision, on a choice of COCO API.
+"""COCO evaluation for Pix2Seq: average recall next to average precision, on a choice of COCO API, with the
+ground truth read by the checked COCO reader.
 
-Two things differ from detectron2's ``COCOEvaluator``:
+``COCOEvaluatorWithRecall`` is a detectron2 ``DatasetEvaluator`` that reports what detectron2's
+``COCOEvaluator`` reports for boxes (the same metric names and numbers, per-category AP, the
+``instances_predictions.pth`` and ``coco_instances_results.json`` files), with three differences:
 
+* **The ground truth** is read by :func:`~pix2seq_d2.data.datasets.coco_ground_truth`: the dataset's
+  json file through the same checks as training (a json with a UTF-8 BOM or in UTF-16, which the
+  loader accepts, evaluates instead of crashing pycocotools at the end of training; boxes the
+  loader skipped are left out, not counted as misses; ids, ``area`` and ``iscrowd`` as in the
+  file). A dataset without a json file is converted from its dataset dicts, as detectron2 does.
 * **Average recall.** Detectron2 keeps only the six AP numbers of ``COCOeval.summarize``.
   Pix2Seq's decoding choices (stopping at EOS or decoding a fixed number of objects, sequence
   augmentation) trade precision for recall, so ``COCOEvaluatorWithRecall`` also returns the six
@@ -22,6 +30,12 @@ chosen backend is kept (faster-coco-eval summarizes AP at the last ``maxDets`` n
 
 ``evaluate_on_coco`` runs one evaluation outside detectron2 (``tools/benchmark_coco_eval.py``
 uses it to time both backends on the same predictions).
+
+The evaluator uses detectron2's public API only (``DatasetEvaluator``, ``instances_to_coco_json``,
+``convert_to_coco_dict``, ``COCOevalMaxDets``): it does not subclass ``COCOEvaluator``, whose
+``__init__`` reads the json with pycocotools and whose evaluation would have to be copied to change
+the backend. ``tests/evaluation/test_coco_evaluation.py`` checks that it gives ``COCOEvaluator``'s
+numbers and metric names on the same predictions, so a change in detectron2's evaluator shows there.
 """
 
 from __future__ import annotations
@@ -37,9 +51,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from detectron2.evaluation import COCOEvaluator
-from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation.coco_evaluation import COCOevalMaxDets, instances_to_coco_json
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
+
+from pix2seq_d2.data.datasets import coco_ground_truth, load_coco_ground_truth, use_checked_coco_loader
 
 logger = logging.getLogger(__name__)
 
@@ -92,25 +113,26 @@ def _check_backend(backend: str) -> None:
 
 
 def load_coco_gt(annotations: str | os.PathLike[str] | dict[str, Any], backend: str) -> Any:
-    """Ground truth as the backend's ``COCO`` object, from a COCO json path or an already loaded dict.
+    """Ground truth as the backend's ``COCO`` object, from a COCO json path (read by the checked reader,
+    :func:`~pix2seq_d2.data.datasets.load_coco_ground_truth`) or an already loaded dict.
 
     A dict is used as is (not copied): evaluation adds bookkeeping keys such as ``ignore`` to its
     annotations, as both COCO APIs do.
     """
     _check_backend(backend)
+    if not isinstance(annotations, dict):
+        annotations = load_coco_ground_truth(PathManager.get_local_path(os.fspath(annotations)))
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO
 
-        return COCO(os.fspath(annotations) if not isinstance(annotations, dict) else annotations)
+        return COCO(annotations)
     from pycocotools.coco import COCO
 
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
-        if isinstance(annotations, dict):
-            coco = COCO()
-            coco.dataset = annotations
-            coco.createIndex()
-            return coco
-        return COCO(os.fspath(annotations))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing progress
+        coco = COCO()
+        coco.dataset = annotations
+        coco.createIndex()
+        return coco
 
 
 def load_coco_results(coco_gt: Any, coco_results: Sequence[dict[str, Any]], iou_type: str) -> Any:
@@ -196,11 +218,44 @@ def evaluate_on_coco(
     return coco_eval
 
 
-class COCOEvaluatorWithRecall(COCOEvaluator):
-    """``COCOEvaluator`` whose box results include average recall, evaluated by a chosen COCO API.
+_METRICS = {
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
+}
 
-    Takes ``COCOEvaluator``'s arguments (except ``use_fast_impl``) plus ``backend``: a
-    ``TEST.COCO_EVAL_BACKEND`` value, ``"auto"`` | ``"pycocotools"`` | ``"faster_coco_eval"``.
+
+def per_category_ap(coco_eval: Any, class_names: Sequence[str]) -> dict[str, float]:
+    """``AP-<class name>`` of each category (all sizes, the last ``maxDets``), in percent: the mean
+    precision over IoU thresholds and recall levels where it is defined (NaN where never)."""
+    precision = coco_eval.eval["precision"]  # [IoU threshold, recall, category, area range, max dets]
+    if precision.shape[2] != len(class_names):
+        raise ValueError(
+            f"COCO evaluation has {precision.shape[2]} categories but the dataset's thing_classes has "
+            f"{len(class_names)} names: do its json's categories match its metadata?"
+        )
+    results = {}
+    for k, name in enumerate(class_names):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        results[f"AP-{name}"] = float(np.mean(values) * 100) if values.size else float("nan")
+    return results
+
+
+def _category_table(per_category: dict[str, float], columns: int = 3) -> str:
+    items = [(name.removeprefix("AP-"), f"{ap:.3f}") for name, ap in per_category.items()]
+    width = max(len(name) for name, _ in items)
+    cells = [f"{name:<{width}} {ap:>7}" for name, ap in items]
+    return "\n".join(" | ".join(cells[i : i + columns]) for i in range(0, len(cells), columns))
+
+
+class COCOEvaluatorWithRecall(DatasetEvaluator):
+    """COCO AP (as detectron2's ``COCOEvaluator`` reports it) plus average recall, evaluated by a chosen COCO
+    API, on ground truth read by the checked COCO reader (see the module docstring).
+
+    Takes ``COCOEvaluator``'s arguments (``use_fast_impl`` and ``allow_cached_coco`` are accepted and have
+    no effect: the backend replaces the first, and a dataset without a json file is converted in memory)
+    plus ``backend``: a ``TEST.COCO_EVAL_BACKEND`` value, ``"auto"`` | ``"pycocotools"`` | ``"faster_coco_eval"``.
     """
 
     def __init__(
@@ -210,29 +265,95 @@ class COCOEvaluatorWithRecall(COCOEvaluator):
         distributed: bool = True,
         output_dir: str | None = None,
         *,
+        max_dets_per_image: int | None = None,
+        kpt_oks_sigmas: Sequence[float] = (),
         backend: str = "auto",
-        **kwargs: Any,
+        use_fast_impl: bool = False,
+        allow_cached_coco: bool = True,
     ):
-        self.backend = resolve_coco_eval_backend(backend)  # fails before the annotations are loaded
-        # use_fast_impl=False: detectron2's fast path needs detectron2._C; the backend replaces it.
-        super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False, **kwargs)
-        self._backend_coco_gt = None  # ground truth as the backend's COCO object, loaded on first use
+        self.backend = resolve_coco_eval_backend(backend)  # fails before the annotations are read
+        self.dataset_name = dataset_name
+        self.tasks = tuple(tasks) if tasks else None
+        self.distributed = distributed
+        self.output_dir = output_dir
+        self.max_dets_per_image = [1, 10, 100 if max_dets_per_image is None else int(max_dets_per_image)]
+        self.kpt_oks_sigmas = tuple(kpt_oks_sigmas)
+        self.metadata = MetadataCatalog.get(dataset_name)
+        # A register_coco_instances dataset is read by the checked reader, which sets the class metadata that
+        # maps the predictions back to category ids, even if the dataset was not loaded yet.
+        use_checked_coco_loader([dataset_name])
+        ground_truth = coco_ground_truth(dataset_name)
+        if ground_truth is None:
+            logger.info(f"Dataset {dataset_name!r} has no COCO json file: its dataset dicts are converted to COCO")
+            ground_truth = convert_to_coco_dict(dataset_name)
+        # A test set's image-info json has no annotations: the predictions are written, not evaluated.
+        self.has_annotations = "annotations" in ground_truth
+        self.coco_gt = load_coco_gt(ground_truth, self.backend)
+        self.reset()
 
-    def _coco_gt_for_backend(self) -> Any:
-        if self.backend == "pycocotools":
-            return self._coco_api  # COCOEvaluator loaded it with pycocotools already
-        if self._backend_coco_gt is None:
-            # Read the json again rather than share annotation dicts between the two APIs.
-            self._backend_coco_gt = load_coco_gt(PathManager.get_local_path(self._metadata.json_file), self.backend)
-        return self._backend_coco_gt
+    def reset(self) -> None:
+        self._predictions: list[dict[str, Any]] = []
 
-    def _eval_predictions(self, predictions: list[dict[str, Any]], img_ids: Sequence[int] | None = None) -> None:
-        """Like ``COCOEvaluator._eval_predictions``, with the evaluation run by ``self.backend``."""
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        """Keep each image's detections (``outputs[i]["instances"]``) in COCO result format."""
+        for inp, out in zip(inputs, outputs):
+            if "instances" in out:
+                instances = out["instances"].to("cpu")
+                self._predictions.append(
+                    {"image_id": inp["image_id"], "instances": instances_to_coco_json(instances, inp["image_id"])}
+                )
+
+    def evaluate(self, img_ids: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` (on the main process; ``{}`` on the others); ``img_ids``: only these
+        images (default: all)."""
+        predictions = self._predictions
+        if self.distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain.from_iterable(comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        if not predictions:
+            logger.warning(f"COCOEvaluatorWithRecall on {self.dataset_name!r} received no predictions")
+            return {}
+        if self.output_dir:
+            PathManager.mkdirs(self.output_dir)
+            with PathManager.open(os.path.join(self.output_dir, "instances_predictions.pth"), "wb") as f:
+                torch.save(predictions, f)
+        coco_results = self._coco_results(predictions)
+        if not self.has_annotations:
+            logger.info(f"Dataset {self.dataset_name!r} has no annotations: the predictions are not evaluated")
+            return {}
+        logger.info(f"Evaluating predictions with the {self.backend} COCO API ...")
+        results = {}
+        for task in sorted(self.tasks or self._tasks_of(coco_results)):
+            coco_eval = (
+                evaluate_on_coco(
+                    self.coco_gt,
+                    coco_results,
+                    task,
+                    self.backend,
+                    max_dets_per_image=self.max_dets_per_image,
+                    img_ids=img_ids,
+                    kpt_oks_sigmas=self.kpt_oks_sigmas,
+                )  # fmt: skip
+                if coco_results
+                else None  # no detection at all: every metric is NaN
+            )
+            results[task] = self._metrics(coco_eval, task)
+        return results
+
+    @staticmethod
+    def _tasks_of(coco_results: list[dict]) -> set[str]:
+        tasks = {"bbox"}
+        for result in coco_results:
+            tasks.update(task for task, key in (("segm", "segmentation"), ("keypoints", "keypoints")) if key in result)
+        return tasks
+
+    def _coco_results(self, predictions: list[dict]) -> list[dict]:
+        """The detections of every image, with the model's classes mapped back to the dataset's category ids;
+        written to ``coco_instances_results.json`` in the output folder."""
         coco_results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
-        tasks = self._tasks or self._tasks_from_predictions(coco_results)
-
-        # The model predicts contiguous class indices; COCO results use the dataset's category ids.
-        id_map = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
+        id_map = self.metadata.get("thing_dataset_id_to_contiguous_id")
         if id_map is not None:
             contiguous_to_dataset = {v: k for k, v in id_map.items()}
             for result in coco_results:
@@ -242,39 +363,28 @@ class COCOEvaluatorWithRecall(COCOEvaluator):
                         f"{len(contiguous_to_dataset)} classes (0..{len(contiguous_to_dataset) - 1})."
                     )
                 result["category_id"] = contiguous_to_dataset[result["category_id"]]
-
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info(f"Saving results to {file_path}")
+        if self.output_dir:
+            file_path = os.path.join(self.output_dir, "coco_instances_results.json")
+            logger.info(f"Saving results to {file_path}")
             with PathManager.open(file_path, "w") as f:
                 f.write(json.dumps(coco_results))
+        return coco_results
 
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-
-        self._logger.info(f"Evaluating predictions with the {self.backend} COCO API ...")
-        for task in sorted(tasks):
-            coco_eval = (
-                evaluate_on_coco(
-                    self._coco_gt_for_backend(),
-                    coco_results,
-                    task,
-                    self.backend,
-                    max_dets_per_image=self._max_dets_per_image,
-                    img_ids=img_ids,
-                    kpt_oks_sigmas=self._kpt_oks_sigmas,
-                )
-                if coco_results
-                else None  # no predictions at all: every metric is NaN
-            )
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
-            )
-
-    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
-        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
-        if iou_type == "bbox":
+    def _metrics(self, coco_eval: Any, task: str) -> dict[str, float]:
+        """The summary metrics in percent (NaN where undefined), ``AP-<class>`` and, for boxes, AR."""
+        names = _METRICS[task]
+        if coco_eval is None:
+            logger.warning(f"No predictions from the model on {self.dataset_name!r}: every {task} metric is NaN")
+            results = {name: float("nan") for name in names}
+        else:
+            results = {name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(names, coco_eval.stats)}
+            logger.info(f"Evaluation results for {task}: \n" + create_small_table(results))
+            class_names = self.metadata.get("thing_classes")
+            if class_names is not None and len(class_names) > 1:
+                per_category = per_category_ap(coco_eval, class_names)
+                logger.info(f"Per-category {task} AP:\n" + _category_table(per_category))
+                results.update(per_category)
+        if task == "bbox":
             stats = coco_eval.stats[6:12] if coco_eval is not None else [-1.0] * len(RECALL_METRICS)
             results.update({name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(RECALL_METRICS, stats)})
         return results

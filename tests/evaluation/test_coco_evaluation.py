@@ -239,3 +239,110 @@ def test_benchmark_tool_on_tiny_sets(coco_files, capsys):
         assert row["max_abs_stat_diff"] <= 1e-12 and row["eval_speedup"] > 0
         assert all(row[b]["eval"] > 0 and len(row[b]["stats"]) == 12 for b in BACKENDS)
     assert rows[1]["predictions"] == 20 * 4
+
+
+# ---- the evaluator against detectron2's COCOEvaluator, and its ground truth from the checked reader ----
+
+
+def test_evaluator_gives_detectron2s_coco_evaluator_numbers_and_files(registered_dataset, tmp_path):
+    """COCOEvaluatorWithRecall reimplements COCOEvaluator's box evaluation on detectron2's public API. If
+    detectron2 changes what COCOEvaluator reports (metric names, per-category AP, the files it writes, how
+    it maps classes back to category ids), this fails."""
+    from detectron2.evaluation import COCOEvaluator
+
+    name, results = registered_dataset
+    pairs = predictions_as_model_outputs(name, results)
+    theirs_evaluator = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "theirs"))
+    theirs_evaluator.reset()
+    for inp, out in pairs:
+        theirs_evaluator.process([inp], [out])
+    theirs = theirs_evaluator.evaluate()["bbox"]
+    for backend in BACKENDS:
+        _, ours = run_evaluator(name, pairs, tmp_path / backend, backend=backend)
+        ours = ours["bbox"]
+        assert list(ours) == list(theirs) + list(RECALL_METRICS)  # same names, same order, then AR
+        assert_same_metrics({k: ours[k] for k in theirs}, theirs)
+        for file_name in ("coco_instances_results.json", "instances_predictions.pth"):
+            assert (tmp_path / backend / file_name).read_bytes() == (tmp_path / "theirs" / file_name).read_bytes()
+
+
+def _scaled_areas(gt: dict) -> dict:
+    for annotation in gt["annotations"]:
+        annotation["area"] *= 0.6  # the file's areas differ from the boxes': a conversion would change APs/m/l
+    return gt
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_json_the_loader_accepts_evaluates_like_the_plain_file(tmp_path, encoding):
+    """pycocotools cannot read a BOM or UTF-16: COCOEvaluator crashed at the end of training. The evaluator reads
+    the ground truth through the checked reader: the same numbers as for the plain UTF-8 file, areas as in it."""
+    from detectron2.evaluation import COCOEvaluator
+
+    gt, results = make_coco(np.random.default_rng(0))
+    text = json.dumps(_scaled_areas(gt))
+    names = {"plain": f"plain_{tmp_path.name}", "encoded": f"encoded_{tmp_path.name}"}
+    (tmp_path / "plain.json").write_text(text, encoding="utf-8")
+    (tmp_path / "encoded.json").write_bytes(text.encode(encoding))
+    for key, name in names.items():
+        register_coco_instances(name, {}, str(tmp_path / f"{key}.json"), str(tmp_path))
+    try:
+        DatasetCatalog.get(names["plain"])  # detectron2's loader: the class mapping for the predictions
+        pairs = predictions_as_model_outputs(names["plain"], results)
+        reference = COCOEvaluator(names["plain"], tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "d2"))
+        reference.reset()
+        for inp, out in pairs:
+            reference.process([inp], [out])
+        expected = reference.evaluate()["bbox"]
+        for backend in BACKENDS:
+            _, out = run_evaluator(names["encoded"], pairs, tmp_path / backend, backend=backend)
+            assert_same_metrics({k: out["bbox"][k] for k in expected}, expected)
+            assert 0 < expected["APs"] < 100 and 0 < expected["APl"] < 100
+    finally:
+        for name in names.values():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_boxes_the_loader_skips_are_left_out_of_the_evaluation(tmp_path):
+    """A DATASETS.COCO dataset with a null coordinate: perfect predictions of the other boxes are AP 100 (the
+    skipped box is no miss), on the json's own ids and areas."""
+    from pix2seq_d2.data.datasets import register_coco_json
+
+    gt, _ = make_coco(np.random.default_rng(1), num_images=6)
+    broken = next(a for a in gt["annotations"] if not a["iscrowd"])
+    broken["bbox"][1] = None
+    (tmp_path / "val.json").write_text(json.dumps(gt))
+    name = f"skipped_{tmp_path.name}"
+    register_coco_json(name, tmp_path / "val.json", tmp_path)
+    try:
+        perfect = [
+            {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"]
+            if a is not broken and not a["iscrowd"]
+        ]
+        DatasetCatalog.get(name)
+        for backend in BACKENDS:
+            _, out = run_evaluator(
+                name, predictions_as_model_outputs(name, perfect), tmp_path / backend, backend=backend
+            )
+            assert out["bbox"]["AP"] == pytest.approx(100.0) and out["bbox"]["AR@100"] == pytest.approx(100.0)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_a_test_set_without_annotations_writes_the_predictions_only(tmp_path):
+    gt, results = make_coco(np.random.default_rng(2), num_images=4)
+    del gt["annotations"]
+    (tmp_path / "test.json").write_text(json.dumps(gt))
+    name = f"testset_{tmp_path.name}"
+    register_coco_instances(name, {}, str(tmp_path / "test.json"), str(tmp_path))
+    try:
+        MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id = {c: i for i, c in enumerate(CATEGORY_IDS)}
+        evaluator, out = run_evaluator(name, predictions_as_model_outputs(name, results), tmp_path / "out")
+        assert out == {}
+        saved = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+        assert len(saved) == len(results) and {r["category_id"] for r in saved} <= set(CATEGORY_IDS)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

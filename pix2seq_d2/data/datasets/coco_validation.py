@@ -1,12 +1,15 @@
-"""Validation of a parsed COCO instances json: which problems are errors and which boxes are skipped.
+"""Validation of a parsed COCO instances json: which problems are errors, which boxes are skipped, and
+which are only warned about.
 
 What each kind of problem does. An *error* is a :class:`CocoJsonError` (a ``ValueError``) whose
 message names the json file, the image (file name and id) and the annotation (its ``"id"``, or
 its position when it has none), says what is wrong and what is expected, and lists up to 10
 problems of the same part of the file with their total count. A *skip* drops the annotation
 with a warning naming the json file, the image and the annotation id (the first 10 one by one)
-and one summary per load ("skipped 3 of 120 annotations of 2 images whose box cannot be used
-(2 with a non-numeric or non-finite coordinate, 1 with a zero width or height)").
+and one summary ("skipped 3 of 120 annotations of 2 images whose box cannot be used
+(2 with a non-numeric or non-finite coordinate, 1 with a zero width or height)"). Warnings are
+logged once per process (the same file loaded again, or read again by the evaluator, does not
+repeat them). How errors and warnings are worded and counted: :mod:`.coco_reports`.
 
 Errors (the dataset cannot be used as it is, or would silently give wrong boxes or classes):
 
@@ -31,45 +34,57 @@ Errors (the dataset cannot be used as it is, or would silently give wrong boxes 
 - every annotation of the file is skipped (below): a systematic conversion bug, not a few bad
   boxes.
 
+With ``allow_empty`` (datasets registered by detectron2's ``register_coco_instances``, which keep
+detectron2's reading of these two cases) a missing ``annotations`` list is a test set's image-info
+file (images without objects; a warning) and an empty ``images`` list an empty dataset, which the
+code that uses it reports.
+
 Skips (one bad box, the rest of the image is fine): ``bbox`` missing, not a list of 4, with an
 element that is not a finite real number (null, a string, a bool, NaN, infinity), or with a
 negative or zero width or height.
 
-Fine: an image without annotations (an image with no objects); a missing ``area`` (one warning);
-malformed or missing
-``segmentation``/``keypoints`` (not loaded); several categories with the same name (a warning).
+Warnings (the box is kept): a box reaching beyond its image by more than
+:data:`OUTSIDE_TOLERANCE_PIXELS` or :data:`OUTSIDE_TOLERANCE_FRACTION` of the image's width (left,
+right) or height (top, bottom), whichever is larger (boxes in another resolution than the image, or
+``[x0, y0, x1, y1]`` read as ``[x, y, width, height]``): training clips it to the image, as it clips
+every box, and drops it when nothing is left; COCO evaluation compares predictions with it as it is
+in the file. An ``area`` that is missing or not a number >= 0 (one warning; COCO evaluation uses the
+box's area). Several categories with the same name.
+
+Fine: an image without annotations (an image with no objects); malformed or missing
+``segmentation``/``keypoints`` (not loaded).
+
+Loading ``segmentation`` and ``keypoints``: their checks go next to the box's
+(:func:`parse_annotations`, which returns the usable annotations as they are in the file), and
+their dataset-dict fields next to the box's in the reader's ``annotation_record``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from detectron2.structures import BoxMode
-
-from pix2seq_d2.utils.errors import UserError
+from .coco_reports import CocoJsonError, Findings, Problems, describe_value, warn_once
 
 __all__ = [
-    "CocoJsonError",
+    "OUTSIDE_TOLERANCE_FRACTION",
+    "OUTSIDE_TOLERANCE_PIXELS",
+    "CheckedAnnotations",
     "check_top_level",
-    "describe_value",
+    "crowd_flag",
     "parse_annotations",
     "parse_categories",
     "parse_images",
+    "usable_area",
 ]
 
-logger = logging.getLogger(__name__)
-
-_MAX_LISTED = 10  # problems listed one by one in an error, skipped annotations warned one by one
 _TOP_LEVEL = ("images", "annotations", "categories")
-
-
-class CocoJsonError(UserError, ValueError):
-    """A COCO json file that cannot be used as a dataset; the message names the file and the item."""
+# A box may reach this far beyond its image without a warning (rounding, inclusive pixel coordinates):
+OUTSIDE_TOLERANCE_PIXELS = 2.0
+OUTSIDE_TOLERANCE_FRACTION = 0.01  # of the image's width (x) or height (y), where that is more
 
 
 def _is_int(value: Any) -> bool:
@@ -81,20 +96,6 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def describe_value(value: Any) -> str:
-    """``value`` as json shows it, with its type where the text alone would mislead (``"0"``)."""
-    if isinstance(value, str):
-        return f"{json.dumps(value)} (a string)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    text = json.dumps(value) if isinstance(value, (int, float, list, dict)) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _zero_or_one(value: Any) -> int | None:
     """0 or 1 for a json 0/1 (int, float or bool), else None."""
     if isinstance(value, (int, float)) and value in (0, 1):  # bools are ints: false/true pass
@@ -102,29 +103,9 @@ def _zero_or_one(value: Any) -> int | None:
     return None
 
 
-class _Problems:
-    """Problems found in one part of a json: the first few in full, all counted."""
-
-    def __init__(self) -> None:
-        self.listed: list[str] = []
-        self.count = 0
-
-    def append(self, message: str) -> None:
-        self.count += 1
-        if len(self.listed) < _MAX_LISTED:
-            self.listed.append(message)
-
-    def raise_if_any(self, json_file: str, where: str, expected: str = "") -> None:
-        if not self.count:
-            return
-        listed = "\n".join(f"  - {p}" for p in self.listed)
-        more = f"\n  ... and {self.count - len(self.listed)} more" if self.count > len(self.listed) else ""
-        count = "1 problem" if self.count == 1 else f"{self.count} problems"
-        hint = f"\n{expected}" if expected else ""
-        raise CocoJsonError(f"COCO json {json_file}: {count} in its {where}:\n{listed}{more}{hint}")
-
-
-def check_top_level(data: Any, json_file: str) -> None:
+def check_top_level(data: Any, json_file: str, *, allow_empty: bool = False) -> None:
+    """A CocoJsonError unless ``data`` is an object with the three lists (``allow_empty``: ``annotations``
+    may be missing)."""
     if not isinstance(data, dict):
         hint = ""
         if isinstance(data, list) and data and isinstance(data[0], dict) and "score" in data[0]:
@@ -133,9 +114,15 @@ def check_top_level(data: Any, json_file: str) -> None:
             f"COCO json {json_file}: the top level is a json {type(data).__name__}{hint}, expected an object "
             'with "images", "annotations" and "categories" lists'
         )
-    problems = _Problems()
+    problems = Problems()
     for key in _TOP_LEVEL:
         if key not in data:
+            if key == "annotations" and allow_empty:
+                warn_once(
+                    f'COCO json {json_file} has no "annotations" list: loaded as a test set (images without '
+                    "objects); COCO evaluation on it writes the predictions only"
+                )
+                continue
             extra = ' (a dataset without objects needs "annotations": [])' if key == "annotations" else ""
             problems.append(f'no "{key}" list{extra}')
         elif not isinstance(data[key], list):
@@ -145,7 +132,7 @@ def check_top_level(data: Any, json_file: str) -> None:
 
 def parse_categories(categories: list, json_file: str) -> tuple[list[int], list[str]]:
     """The sorted category ids and their names; a CocoJsonError for a bad category."""
-    problems = _Problems()
+    problems = Problems()
     by_id: dict[int, str] = {}
     if not categories:
         problems.append('"categories" is empty: a detection dataset needs at least one category')
@@ -172,7 +159,7 @@ def parse_categories(categories: list, json_file: str) -> tuple[list[int], list[
     names = [by_id[i] for i in ids]
     repeated = sorted(n for n, c in Counter(names).items() if c > 1)
     if repeated:
-        logger.warning(f"COCO json {json_file}: several categories are named {', '.join(map(repr, repeated))}")
+        warn_once(f"COCO json {json_file}: several categories are named {', '.join(map(repr, repeated))}")
     return ids, names
 
 
@@ -186,7 +173,7 @@ def _image_size(image: dict, key: str) -> int | None:
 def parse_images(images: list, json_file: str, image_root: str) -> tuple[dict[int, dict], dict[int, str]]:
     """Image id -> dataset dict (no annotations yet) and image id -> the json's file_name; a
     CocoJsonError for a bad image."""
-    problems = _Problems()
+    problems = Problems()
     records: dict[int, dict] = {}
     names: dict[int, str] = {}
     ids: dict[str, int] = {}
@@ -269,40 +256,6 @@ def _ids_text(ids: list[int]) -> str:
     return str(ids) if len(ids) <= 12 else f"[{', '.join(map(str, ids[:6]))}, ..., {ids[-1]}] ({len(ids)} ids)"
 
 
-class _Skipped:
-    """Annotations dropped for their box: the first few named, all counted by kind and image."""
-
-    def __init__(self) -> None:
-        self.listed: list[tuple[str, str]] = []  # (annotation name, reason)
-        self.kinds: Counter[str] = Counter()
-        self.image_ids: set = set()
-
-    def append(self, name: str, kind: str, reason: str, image_id: Any) -> None:
-        self.kinds[kind] += 1
-        self.image_ids.add(image_id)
-        if len(self.listed) < _MAX_LISTED:
-            self.listed.append((name, reason))
-
-    @property
-    def count(self) -> int:
-        return sum(self.kinds.values())
-
-    def kinds_text(self) -> str:
-        return ", ".join(f"{n} {kind}" for kind, n in self.kinds.most_common())
-
-    def warn(self, json_file: str, dataset_name: str | None, total: int) -> None:
-        for name, reason in self.listed:
-            logger.warning(f"COCO json {json_file}: skipping {name}: {reason}")
-        num_images = len(self.image_ids)
-        dataset = f" (dataset {dataset_name})" if dataset_name else ""
-        more = f"; {self.count - len(self.listed)} not listed above" if self.count > len(self.listed) else ""
-        logger.warning(
-            f"COCO json {json_file}{dataset}: skipped {self.count} of {total} annotations of {num_images} "
-            f"image{'s' if num_images != 1 else ''} whose box cannot be used ({self.kinds_text()}){more}. COCO "
-            "evaluation reads the json itself and still sees them: fix the json before evaluating on it."
-        )
-
-
 def _annotation_problems(
     annotation: dict, file_names: dict[int, str], id_map: dict[int, int], seen: dict[int, Any]
 ) -> list[str]:
@@ -335,6 +288,50 @@ def _annotation_problems(
     return wrong
 
 
+@dataclass
+class CheckedAnnotations:
+    """What :func:`parse_annotations` found: the usable annotations, as they are in the file and in its
+    order, and how many were skipped or have no ``area``."""
+
+    kept: list[dict]
+    skipped: int
+    missing_area: int
+
+
+def crowd_flag(annotation: dict) -> int:
+    """0 or 1: the ``iscrowd`` of an annotation that :func:`parse_annotations` kept (missing: 0)."""
+    flag = _zero_or_one(annotation.get("iscrowd", 0))
+    if flag is None:
+        raise ValueError(f"'iscrowd' is {describe_value(annotation.get('iscrowd'))}: not a checked annotation")
+    return flag
+
+
+def usable_area(annotation: dict) -> float:
+    """The ``area`` of a kept annotation, or its box's where that is missing or not a finite number >= 0."""
+    area = annotation.get("area")
+    if _is_real(area) and area >= 0:
+        return area
+    return float(annotation["bbox"][2]) * float(annotation["bbox"][3])
+
+
+def _outside_reason(box: list, width: int, height: int) -> str | None:
+    """Why a (usable) box lies beyond its image by more than the tolerance, or None."""
+    x, y, w, h = (float(v) for v in box)
+    size = f"the {width}x{height} (width x height) image"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return f"'bbox' {describe_value(box)} lies entirely outside {size}: training drops it"
+    right, bottom = x + w - width, y + h - height
+    sides = (("left", -x, width), ("top", -y, height), ("right", right, width), ("bottom", bottom, height))
+    beyond = [
+        f"{amount:.4g} px beyond its {side} edge"
+        for side, amount, side_length in sides
+        if amount > max(OUTSIDE_TOLERANCE_PIXELS, OUTSIDE_TOLERANCE_FRACTION * side_length)
+    ]
+    if not beyond:
+        return None
+    return f"'bbox' {describe_value(box)} reaches {' and '.join(beyond)} of {size}: training clips it to the image"
+
+
 def parse_annotations(
     annotations: list,
     json_file: str,
@@ -342,12 +339,13 @@ def parse_annotations(
     file_names: dict[int, str],
     id_map: dict[int, int],
     dataset_name: str | None,
-) -> bool:
-    """Append each usable annotation to its image's ``"annotations"``; errors and skips as documented.
-    Returns whether COCO evaluation needs a cleaned copy of the json (boxes skipped, or ``area`` missing)."""
-    problems, skipped = _Problems(), _Skipped()
+) -> CheckedAnnotations:
+    """Check every annotation (``images``: image id -> a dict with its ``height`` and ``width``); errors,
+    skips and warnings as documented in the module docstring. Returns the usable annotations."""
+    problems, skipped, outside = Problems(), Findings(), Findings()
     seen: dict[int, Any] = {}  # annotation id -> its image id
-    missing_area = kept = 0
+    kept: list[dict] = []
+    missing_area = 0
     for position, annotation in enumerate(annotations):
         if not isinstance(annotation, dict):
             shown = describe_value(annotation)
@@ -366,17 +364,12 @@ def parse_annotations(
         if bad_box is not None:
             skipped.append(_annotation_name(annotation, position, file_names), *bad_box, image_id)
             continue
-        missing_area += "area" not in annotation
-        kept += 1
-        images[image_id]["annotations"].append(
-            {
-                "id": annotation_id,
-                "iscrowd": _zero_or_one(annotation.get("iscrowd", 0)),
-                "bbox": [float(v) for v in annotation["bbox"]],
-                "category_id": id_map[annotation["category_id"]],
-                "bbox_mode": BoxMode.XYWH_ABS,
-            }
-        )
+        image = images[image_id]
+        beyond = _outside_reason(annotation["bbox"], image["width"], image["height"])
+        if beyond is not None:
+            outside.append(_annotation_name(annotation, position, file_names), "outside", beyond, image_id)
+        missing_area += not (_is_real(annotation.get("area")) and annotation["area"] >= 0)
+        kept.append(annotation)
     problems.raise_if_any(
         json_file, '"annotations"',
         'Expected objects with a unique integer "id", the "image_id" of an image, the "category_id" of a category '
@@ -389,11 +382,25 @@ def parse_annotations(
             f"({skipped.kinds_text()}); first: {name}: {reason}. "
             "Expected 'bbox': [x, y, width, height] of finite numbers (not strings) with positive width and height."
         )
+    dataset = f" (dataset {dataset_name})" if dataset_name else ""
     if skipped.count:
-        skipped.warn(json_file, dataset_name, len(annotations))
-    if missing_area:
-        logger.warning(
-            f"COCO json {json_file}: {missing_area} annotations have no 'area'. Training does not need it; COCO "
-            "evaluation (pycocotools) needs it, so evaluation uses a cleaned copy of the json (see below)."
+        skipped.warn_each(json_file, "skipping ")
+        warn_once(
+            f"COCO json {json_file}{dataset}: skipped {skipped.count} of {len(annotations)} annotations of "
+            f"{skipped.images_text()} whose box cannot be used ({skipped.kinds_text()}){skipped.more_text()}. "
+            "COCO evaluation leaves them out too."
         )
-    return bool(skipped.count or missing_area)
+    if outside.count:
+        outside.warn_each(json_file)
+        warn_once(
+            f"COCO json {json_file}{dataset}: {outside.count} of {len(kept)} boxes of {outside.images_text()} reach "
+            f"beyond their image by more than {OUTSIDE_TOLERANCE_PIXELS:g} px or {OUTSIDE_TOLERANCE_FRACTION:.0%} "
+            f"of its width or height{outside.more_text()}. Are the boxes [x, y, width, height] in the pixels of the "
+            "image file? Training clips them to the image; COCO evaluation compares predictions with them as they are."
+        )
+    if missing_area:
+        warn_once(
+            f"COCO json {json_file}: {missing_area} annotations have no 'area' (or one that is not a number >= 0). "
+            "Training does not need it; COCO evaluation takes the area of their box."
+        )
+    return CheckedAnnotations(kept, skipped.count, missing_area)

@@ -7,7 +7,7 @@ backgrounds (with thin distractor lines that are not annotated).  A split is
 written on first use as ``<root>/<split>/XXXXXX.jpg`` images plus a COCO
 instances json at ``<root>/annotations/<split>.json``, so that every standard
 Detectron2 tool (``load_coco_json``, ``COCOEvaluator``, the visualizer) works on
-it unchanged.
+it unchanged; it is loaded by the checked reader (:mod:`.coco`), like every COCO json.
 
 Generation is deterministic: a split is fully defined by its
 :class:`ShapesSplitSpec` (seed, number of images, image size) and
@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from pix2seq_d2.utils.file_io import atomic_write_bytes
 
+from .coco import load_coco_json_checked
 from .shapes_scenes import (
     DEFAULT_OBJECTS,
     DEFAULT_REL_SIZE,
@@ -86,6 +87,7 @@ SHAPES_SPLITS: dict[str, ShapesSplitSpec] = {
     "shapes_dense_val": ShapesSplitSpec(num_images=300, seed=3, image_size=96, objects=(6, 12), rel_size=(0.08, 0.3)),
 }
 """The registered splits: dataset name -> spec (validation uses another seed)."""
+
 
 # --- paths --------------------------------------------------------------------
 def default_shapes_root() -> str:
@@ -202,10 +204,8 @@ class _LazyShapesLoader:
         return generate_shapes_split(self.root, self.name, self.spec)
 
     def __call__(self) -> list[dict[str, Any]]:
-        from detectron2.data.datasets import load_coco_json
-
         json_file, image_root = self.generate()
-        return load_coco_json(json_file, image_root, self.name)
+        return load_coco_json_checked(json_file, image_root, self.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={self.root!r}, spec={self.spec})"

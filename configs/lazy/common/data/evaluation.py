@@ -5,10 +5,11 @@ builds them from a yaml config (``build_test_loader``, ``build_evaluator``)."""
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluators
 
 from pix2seq_d2.data.dataset_mapper import Pix2SeqDatasetMapper
+from pix2seq_d2.data.datasets import checked_dataset_dicts
 from pix2seq_d2.evaluation.coco_evaluation import COCOEvaluatorWithRecall
 from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluator
 
@@ -16,7 +17,8 @@ from pix2seq_d2.evaluation.sequence_likelihood import SequenceLikelihoodEvaluato
 def test_loader(names: str, image_size: int, num_workers: int):
     """``dataloader.test``: dataset ``names``, images resized like INPUT.MIN/MAX_SIZE_TEST = image_size."""
     return L(build_detection_test_loader)(
-        dataset=L(get_detection_dataset_dicts)(names=names, filter_empty=False),
+        # detectron2's get_detection_dataset_dicts, with register_coco_instances datasets read by the checked reader
+        dataset=L(checked_dataset_dicts)(names=names, filter_empty=False),
         mapper=L(Pix2SeqDatasetMapper)(
             is_train=False,
             augmentations=[

@@ -132,9 +132,7 @@ def noise_boxes(example: dict, task: DetectionTask) -> np.ndarray:
     return (xyxy * torch.tensor([w, h, w, h])).numpy()
 
 
-def draw_example(
-    example: dict, task: DetectionTask, metadata, image_format: str, scale: float = 1.0
-) -> np.ndarray:
+def draw_example(example: dict, task: DetectionTask, metadata, image_format: str, scale: float = 1.0) -> np.ndarray:
     """The augmented image (RGB) with the example's boxes and class names; noise objects dashed grey."""
     image = utils.convert_image_to_rgb(example["image"].permute(1, 2, 0).numpy(), image_format)
     visualizer = Visualizer(image, metadata=metadata, scale=scale)

@@ -60,6 +60,7 @@ from .weights_only import (
 
 __all__ = ["IncompatibleCheckpointError", "Pix2SeqCheckpointer", "load_inference_weights", "to_weights_only"]
 
+
 def to_weights_only(obj: Any) -> Any:
     """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, so that
     ``torch.load(weights_only=True)`` can read it back (containers are rebuilt as dict/list/tuple)."""

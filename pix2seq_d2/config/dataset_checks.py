@@ -19,8 +19,14 @@ from pix2seq_d2.tasks.vocabulary import VOCABULARY_LAYOUT_REGISTRY
 
 from .problems import ConfigError, Problem, error, preview, report, warning
 
-__all__ = ["DatasetClasses", "check_datasets", "dataset_classes", "dataset_problems", "resolve_auto_settings",
-           "with_auto_settings"]
+__all__ = [
+    "DatasetClasses",
+    "check_datasets",
+    "dataset_classes",
+    "dataset_problems",
+    "resolve_auto_settings",
+    "with_auto_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +114,7 @@ def dataset_problems(cfg: CfgNode, for_training: bool, names: dict[str, str] | N
                     f". NUM_CLASSES is the number of classes, not the largest category id ({n}): detectron2 maps "
                     f"the category ids {preview(info.category_ids)} to the contiguous classes 0..{c - 1}"
                 )
-            problems.append(
-                error(f"{message}. Set MODEL.PIX2SEQ.NUM_CLASSES {c} (or 0: taken from DATASETS.TRAIN[0])")
-            )
+            problems.append(error(f"{message}. Set MODEL.PIX2SEQ.NUM_CLASSES {c} (or 0: taken from DATASETS.TRAIN[0])"))
             continue
         if info.category_ids is not None and layout_uses_category_ids(cfg, n):
             configured = [int(i) for i in p.TOKENIZER.CATEGORY_IDS]

@@ -26,6 +26,7 @@ from pix2seq_d2.tasks import Task
 
 logger = logging.getLogger(__name__)
 
+
 class SequenceLikelihoodEvaluator(DatasetEvaluator):
     """Teacher-forced NLL / perplexity by token kind and class accuracy (see the module docstring)."""
 

@@ -232,9 +232,7 @@ class DetectionTask(Task):
         body = body.flatten(1)  # [B, 5K]
         return self.wrap_batch(body, torch.ones(body.shape, device=body.device), num_objects)
 
-    def wrap(
-        self, objects: torch.Tensor, weights: torch.Tensor, inputs: torch.Tensor | None = None
-    ) -> TokenSequences:
+    def wrap(self, objects: torch.Tensor, weights: torch.Tensor, inputs: torch.Tensor | None = None) -> TokenSequences:
         """Object tokens ``[5n]`` (targets), their weights ``[5n]`` and optionally other input tokens
         ``[5n]`` -> ``START inputs`` / ``objects EOS`` / ``weights eos_weight``."""
         num_objects = torch.tensor([objects.numel() // TOKENS_PER_OBJECT], device=objects.device)

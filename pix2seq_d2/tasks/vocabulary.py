@@ -129,5 +129,3 @@ def pretrained_pix2seq(num_classes: int, num_bins: int, category_ids: Sequence[i
         num_bins=num_bins, vocab_size=eos + 2, input_vocab_size=eos + 3, generatable=(0, eos),
         coord_order="xyxy", rounding="floor", bin_values="ends", prompts=(("detection", eos + 2),),
     )  # fmt: skip
-
-

@@ -44,8 +44,7 @@ from pix2seq_d2.checkpoint import Pix2SeqCheckpointer
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.resumable_loader import load_train_dataset_dicts
 from pix2seq_d2.engine.amp import MixedPrecisionTrainer
-from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import add_config_file_argument, run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_tool
 
 TASKS = ("train", "eval", "data")
 
@@ -186,8 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli(argv: list[str] | None = None) -> int:
     """The command line: console logging, ``main``; bad settings or files are ``error: ...``, exit status 1."""
-    setup_tool_logging()
-    return run_command(lambda: main(argv))
+    return run_tool(main, argv)
 
 
 if __name__ == "__main__":

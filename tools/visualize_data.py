@@ -41,8 +41,7 @@ from PIL import Image
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.dataset_mapper import expand_views
-from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import add_config_file_argument, run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_tool
 from pix2seq_d2.tasks import DetectionTask, build_task
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_data")
@@ -198,8 +197,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
 
 def cli(argv: list[str] | None = None) -> int:
     """The command line: console logging, ``main``; bad settings or files are ``error: ...``, exit status 1."""
-    setup_tool_logging()
-    return run_command(lambda: main(argv))
+    return run_tool(main, argv)
 
 
 if __name__ == "__main__":

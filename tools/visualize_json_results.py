@@ -42,8 +42,7 @@ from PIL import Image
 
 from pix2seq_d2.config import load_config, prepare_config
 from pix2seq_d2.data.image_io import read_image_file
-from pix2seq_d2.engine.d2_script_patches import setup_tool_logging
-from pix2seq_d2.engine.launch import add_config_file_argument, run_command
+from pix2seq_d2.engine.launch import add_config_file_argument, run_tool
 from pix2seq_d2.utils.errors import UserError
 
 logger = logging.getLogger("pix2seq_d2.tools.visualize_json_results")
@@ -196,8 +195,7 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 def cli(argv: list[str] | None = None) -> int:
     """The command line: console logging, ``main``; a bad results json is ``error: ...`` and exit status 1."""
-    setup_tool_logging()
-    return run_command(lambda: main(argv))
+    return run_tool(main, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import detectron2.modeling.meta_arch.build as d2_model_build
 import detectron2.solver.build as d2_solver_build
 import torch
 from detectron2.config import CfgNode
-from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from pix2seq_d2.analysis.flops import FlopCountAnalysis
@@ -50,20 +49,12 @@ __all__ = [
     "Patch",
     "installed",
     "is_pix2seq",
-    "setup_tool_logging",
 ]
 
 
 def is_pix2seq(cfg: Any) -> bool:
     """Whether ``cfg`` is a yacs config of a Pix2Seq model (LazyConfigs and other models: False)."""
     return isinstance(cfg, CfgNode) and cfg.get("MODEL", {}).get("META_ARCHITECTURE") == "Pix2Seq"
-
-
-def setup_tool_logging() -> None:
-    """Log to the console as detectron2's tools do: detectron2's, fvcore's and this package's loggers
-    (for the command line only: in-process callers keep their own logging)."""
-    for name in ("detectron2", "fvcore", "pix2seq_d2"):
-        setup_logger(name=name)
 
 
 # ---- one replacement per patched name ---------------------------------------------------------

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from detectron2.engine import default_argument_parser, launch
+from detectron2.utils.logger import setup_logger
 
 from pix2seq_d2.engine.distributed import leave_process_group
 from pix2seq_d2.model_zoo import resolve_config_path
@@ -20,6 +21,20 @@ CONFIG_FILE_HELP = (
     "config file: a path, or the name of a config shipped with pix2seq_d2 (e.g. quickstart/pix2seq_shapes.yaml, "
     "official/pix2seq_R50_640.yaml; a leading configs/ is allowed) when no such file exists here"
 )
+
+
+def setup_tool_logging() -> None:
+    """Log to the console as detectron2's tools do: detectron2's, fvcore's and this package's loggers
+    (for the command line only: in-process callers keep their own logging)."""
+    for name in ("detectron2", "fvcore", "pix2seq_d2"):
+        setup_logger(name=name)
+
+
+def run_tool(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """A tool's command line: console logging, then ``main(argv)`` under :func:`run_command` (a user error
+    is one ``error:`` line and exit status 1)."""
+    setup_tool_logging()
+    return run_command(lambda: main(argv))
 
 
 def run_command(main: Callable[[], object]) -> int:

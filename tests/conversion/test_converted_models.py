@@ -134,10 +134,10 @@ def test_beam_search_with_the_grammar_and_the_beliefs_picture(converted):
         beam = model.generate(inputs, dataclasses.replace(model.decoding, strategy="beam", beam_size=3))[0]
         beam1 = model.generate(inputs, dataclasses.replace(model.decoding, strategy="beam", beam_size=1))[0]
         plain = model.generate(inputs, greedy)[0]
-    grammar = tok.grammar(allow_eos=True)
+    grammar = model.task.grammar(allow_eos=True)
     for seq in (beam, plain):
         for t in range(seq.tokens.shape[1]):
-            allowed = grammar[t % tok.tokens_per_object][seq.tokens[:, t]] | (seq.tokens[:, t] == tok.PAD)
+            allowed = grammar[t % model.task.tokens_per_object][seq.tokens[:, t]] | (seq.tokens[:, t] == tok.PAD)
             assert allowed.all()
     assert torch.equal(beam1.tokens, plain.tokens)
     assert (beam.token_logprobs.sum(-1) >= plain.token_logprobs.sum(-1) - 1e-4).any()

@@ -97,3 +97,11 @@ def detection_task(tokenizer, **kwargs):
     from pix2seq_d2.tasks import DecodingOptions, DetectionTask
 
     return DetectionTask(tokenizer, DecodingOptions(), **kwargs)
+
+
+def truncated_jpeg(path) -> str:
+    """A JPEG file cut in half at ``path`` (a ``pathlib.Path``); returns its path."""
+    write_image(str(path), np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8), quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)

@@ -263,7 +263,7 @@ def test_colour_jitter_changes_pixels_but_not_geometry(scene):
         assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
         assert torch.equal(a["seq_target"], b["seq_target"])
         assert np.array_equal(bright_mask(a["image"]), bright_mask(b["image"]))
-        check_boxes_match_image(b, jittered.tokenizer)
+        check_boxes_match_image(b, jittered.task.tokenizer)
 
 
 @pytest.mark.parametrize("image_format", ["RGB", "BGR"])

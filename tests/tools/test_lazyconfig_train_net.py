@@ -130,9 +130,10 @@ def test_lazy_configs_build_the_yaml_configs_model_and_mappers(tool, lazy_file, 
     model, expected = instantiate(lazy.model), build_model(cfg)
     assert shapes(model) == shapes(expected)  # the same parameter and buffer names, the same shapes
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in expected.named_parameters()]
-    for name in ("in_feature", "decoding", "score_mode", "score_thresh_test", "detections_per_image",
-                 "position_encoding", "use_padding_mask", "pad_to_square", "pad_value"):  # fmt: skip
+    for name in ("in_feature", "decoding", "position_encoding", "use_padding_mask", "pad_to_square", "pad_value"):
         assert getattr(model, name) == getattr(expected, name), name
+    for name in ("score_mode", "score_thresh_test", "detections_per_image"):  # the detection task's
+        assert getattr(model.task, name) == getattr(expected.task, name), name
     assert repr(model.tokenizer) == repr(expected.tokenizer)
     assert model.tokenizer.eos_weight == expected.tokenizer.eos_weight
     assert torch.equal(model.pixel_mean, expected.pixel_mean) and torch.equal(model.pixel_std, expected.pixel_std)

@@ -21,6 +21,7 @@ with warnings.catch_warnings():
     import detectron2.engine  # noqa: F401
     import detectron2.modeling  # noqa: F401
 
+from pix2seq_d2 import model_zoo  # noqa: E402
 from pix2seq_d2.config import add_pix2seq_config  # noqa: E402
 from pix2seq_d2.data import Pix2SeqDatasetMapper  # noqa: E402
 from pix2seq_d2.data.datasets import (  # noqa: E402
@@ -37,12 +38,17 @@ from pix2seq_d2.modeling import (  # noqa: E402
     build_pix2seq_vit_backbone,
     build_small_resnet_backbone,
 )
-from pix2seq_d2.tasks.tokenizer import Pix2SeqTokenizer  # noqa: E402
+from pix2seq_d2.tasks import TASK_REGISTRY, DetectionTask, Pix2SeqTokenizer, Task, build_task  # noqa: E402
 
 register_shapes_datasets()
 
 __all__ = [
+    "TASK_REGISTRY",
+    "DetectionTask",
+    "Task",
     "add_pix2seq_config",
+    "build_task",
+    "model_zoo",
     "Pix2Seq",
     "Pix2SeqDatasetMapper",
     "Pix2SeqPredictor",

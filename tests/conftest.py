@@ -11,7 +11,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from tests.helpers import shapes_image, write_image
+from tests.helpers import shapes_image, write_image, write_tiny_coco
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -47,5 +47,23 @@ def two_images(tmp_path):
     name = f"two_images_{tmp_path.name}"
     register_coco_instances(name, {}, str(json_file), str(tmp_path))
     yield name, DatasetCatalog.get(name)
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def registered(tmp_path):
+    """Registers a COCO json (edited by the test) as a dataset; yields (name, json dict, write)."""
+    json_file = write_tiny_coco(str(tmp_path / "data"), sizes=[(40, 48), (48, 40), (40, 40)])
+    with open(json_file) as f:
+        coco = json.load(f)
+    name = f"registered_{tmp_path.name}"
+    register_coco_instances(name, {}, json_file, str(tmp_path / "data"))
+
+    def write(new: dict) -> None:
+        with open(json_file, "w") as f:
+            json.dump(new, f)
+
+    yield name, coco, write, json_file
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)

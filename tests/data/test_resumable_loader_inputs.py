@@ -3,40 +3,12 @@ skips unreadable images and stops when none can be read."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 
 from pix2seq_d2 import Pix2SeqTrainer
-from tests.helpers import tiny_cfg, truncated_jpeg, write_tiny_coco
-
-
-@pytest.fixture
-def registered(tmp_path):
-    """Registers a COCO json (edited by the test) as a dataset; yields (name, json dict, write)."""
-    json_file = write_tiny_coco(str(tmp_path / "data"), sizes=[(40, 48), (48, 40), (40, 40)])
-    with open(json_file) as f:
-        coco = json.load(f)
-    name = f"bad_inputs_{tmp_path.name}"
-    register_coco_instances(name, {}, json_file, str(tmp_path / "data"))
-
-    def write(new: dict) -> None:
-        with open(json_file, "w") as f:
-            json.dump(new, f)
-
-    yield name, coco, write, json_file
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
-
-
-def _train_cfg(name: str, tmp_path, *opts):
-    return tiny_cfg(
-        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
-        "OUTPUT_DIR", str(tmp_path / "out"), *opts,
-    )  # fmt: skip
+from tests.helpers import train_cfg, truncated_jpeg
 
 
 def test_coco_annotations_with_unknown_category_ids_are_named(registered, tmp_path):
@@ -44,7 +16,7 @@ def test_coco_annotations_with_unknown_category_ids_are_named(registered, tmp_pa
     coco["annotations"][1]["category_id"] = 42
     write(coco)
     with pytest.raises(ValueError) as error:
-        Pix2SeqTrainer.build_train_loader(_train_cfg(name, tmp_path))
+        Pix2SeqTrainer.build_train_loader(train_cfg(name, tmp_path))
     message = str(error.value)
     # read by the checked reader (register_coco_instances datasets are), which names the json's own ids
     assert json_file in message and "annotation id 2 " in message
@@ -57,17 +29,17 @@ def test_more_dataset_classes_than_num_classes_stops_before_training(registered,
     with pytest.raises(
         ValueError, match=r"outside 0\.\.1 \(MODEL.PIX2SEQ.NUM_CLASSES=2\).*First: annotation id \d+ of "
     ):
-        Pix2SeqTrainer.build_train_loader(_train_cfg(name, tmp_path, "MODEL.PIX2SEQ.NUM_CLASSES", 2))
+        Pix2SeqTrainer.build_train_loader(train_cfg(name, tmp_path, "MODEL.PIX2SEQ.NUM_CLASSES", 2))
 
 
 def test_an_empty_training_set_is_a_clear_error(registered, tmp_path):
     name, coco, write, _ = registered
     write({**coco, "annotations": []})
     with pytest.raises(ValueError, match=r"has no images \(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed"):
-        Pix2SeqTrainer.build_train_loader(_train_cfg(name, tmp_path))
+        Pix2SeqTrainer.build_train_loader(train_cfg(name, tmp_path))
     write({**coco, "images": [], "annotations": []})
     with pytest.raises(ValueError, match=rf"training set \('{name}',\) has no images"):
-        Pix2SeqTrainer.build_train_loader(_train_cfg(name, tmp_path, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False))
+        Pix2SeqTrainer.build_train_loader(train_cfg(name, tmp_path, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False))
 
 
 # ---- training with bad inputs -----------------------------------------------------------------
@@ -84,7 +56,7 @@ def test_training_skips_unreadable_images_with_a_warning_and_keeps_going(registe
         for i in (10, 11)
     ]
     write(coco)
-    trainer = Pix2SeqTrainer(_train_cfg(name, tmp_path, "SOLVER.IMS_PER_BATCH", 5, "SOLVER.MAX_ITER", 3))
+    trainer = Pix2SeqTrainer(train_cfg(name, tmp_path, "SOLVER.IMS_PER_BATCH", 5, "SOLVER.MAX_ITER", 3))
     with caplog.at_level(logging.WARNING, logger="pix2seq_d2.data.resumable_loader"):
         trainer.train()
     assert trainer.iter == 3  # finished
@@ -97,6 +69,6 @@ def test_training_stops_when_no_image_can_be_read(registered, tmp_path):
     for image in coco["images"]:
         image["file_name"] = "gone_" + image["file_name"]
     write(coco)
-    trainer = Pix2SeqTrainer(_train_cfg(name, tmp_path))
+    trainer = Pix2SeqTrainer(train_cfg(name, tmp_path))
     with pytest.raises(RuntimeError, match="None of the 3 training images could be used"):
         trainer.train()

@@ -105,3 +105,11 @@ def truncated_jpeg(path) -> str:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return str(path)
+
+
+def train_cfg(name: str, tmp_path, *opts) -> CfgNode:
+    """The tiny config training 2 iterations on dataset ``name``, writing to ``tmp_path/out``."""
+    return tiny_cfg(
+        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
+        "OUTPUT_DIR", str(tmp_path / "out"), *opts,
+    )  # fmt: skip

@@ -3,47 +3,19 @@ with the iteration and the files named."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.engine.distributed import leave_process_group
-from tests.helpers import tiny_cfg, write_tiny_coco
-
-
-@pytest.fixture
-def registered(tmp_path):
-    """Registers a COCO json (edited by the test) as a dataset; yields (name, json dict, write)."""
-    json_file = write_tiny_coco(str(tmp_path / "data"), sizes=[(40, 48), (48, 40), (40, 40)])
-    with open(json_file) as f:
-        coco = json.load(f)
-    name = f"bad_inputs_{tmp_path.name}"
-    register_coco_instances(name, {}, json_file, str(tmp_path / "data"))
-
-    def write(new: dict) -> None:
-        with open(json_file, "w") as f:
-            json.dump(new, f)
-
-    yield name, coco, write, json_file
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
-
-
-def _train_cfg(name: str, tmp_path, *opts):
-    return tiny_cfg(
-        "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
-        "OUTPUT_DIR", str(tmp_path / "out"), *opts,
-    )  # fmt: skip
+from tests.helpers import train_cfg
 
 
 def test_a_non_finite_loss_stops_training_naming_the_iteration_and_the_files(registered, tmp_path):
     name = registered[0]
-    trainer = Pix2SeqTrainer(_train_cfg(name, tmp_path, "MODEL.PIXEL_STD", [0.0, 0.0, 0.0]))  # x / 0: inf
+    trainer = Pix2SeqTrainer(train_cfg(name, tmp_path, "MODEL.PIXEL_STD", [0.0, 0.0, 0.0]))  # x / 0: inf
     with pytest.raises(FloatingPointError, match=r"Non-finite training loss .* at iteration 0; batch files: .*\.png"):
         trainer.train()
 

@@ -57,7 +57,8 @@ def _auto_problems(cfg: CfgNode, for_training: bool) -> Iterator[Problem]:
     if cfg.MODEL.PIX2SEQ.NUM_CLASSES == 0:
         yield error(
             "MODEL.PIX2SEQ.NUM_CLASSES = 0 (auto: the number of classes of DATASETS.TRAIN[0]) was not resolved: "
-            "call pix2seq_d2.config.checks.resolve_auto_settings(cfg) before cfg.freeze(), or set NUM_CLASSES"
+            "call pix2seq_d2.config.prepare_config(cfg, ...) or resolve_auto_settings(cfg) before cfg.freeze(), "
+            "or set NUM_CLASSES"
         )
 
 

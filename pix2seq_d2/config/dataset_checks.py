@@ -2,7 +2,7 @@
 ``DATASETS.TRAIN`` and ``DATASETS.TEST``, and the "auto" value ``NUM_CLASSES: 0`` filled in from them.
 
 The classes come from the dataset's metadata, or failing that from the ``categories`` of its COCO json
-(read without loading the dataset: :func:`~pix2seq_d2.data.datasets.coco_json.read_coco_categories`).
+(read without loading the dataset: :func:`~pix2seq_d2.data.datasets.coco.read_coco_categories`).
 """
 
 from __future__ import annotations

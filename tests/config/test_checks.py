@@ -15,6 +15,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+import pix2seq_d2.config
 from pix2seq_d2 import Pix2SeqTrainer
 from pix2seq_d2.config import (
     RULES,
@@ -269,6 +270,9 @@ def test_another_wrong_num_classes_gives_no_largest_id_hint(ids_137):
 def test_num_classes_0_is_taken_from_the_training_set(ids_137):
     cfg = _on(ids_137, "MODEL.PIX2SEQ.NUM_CLASSES", 0)
     assert "NUM_CLASSES = 0 (auto" in _error(cfg) and "resolve_auto_settings" in _error(cfg)
+    # the functions the message names are where it says
+    assert "pix2seq_d2.config.prepare_config" in _error(cfg) and callable(pix2seq_d2.config.prepare_config)
+    assert callable(pix2seq_d2.config.resolve_auto_settings)
     assert resolve_auto_settings(cfg) is cfg and cfg.MODEL.PIX2SEQ.NUM_CLASSES == 3
     assert list(cfg.MODEL.PIX2SEQ.TOKENIZER.CATEGORY_IDS) == []  # the compact layout does not use the ids
     assert check_config(cfg, for_training=True, num_workers=1) == []

@@ -40,13 +40,13 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetFromList, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetFromList, build_detection_train_loader
 from detectron2.data.samplers import RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from pix2seq_d2.data.annotation_checks import check_category_ids, explain_dataset_error
-from pix2seq_d2.data.datasets import EmptyDatasetError, use_checked_coco_loader
+from pix2seq_d2.data.datasets import EmptyDatasetError, checked_dataset_dicts
 from pix2seq_d2.data.image_io import BadInputError
 from pix2seq_d2.utils.seeding import mix_seed, sample_seed, seeded_rngs
 
@@ -235,8 +235,8 @@ class ResumableTrainLoader:
 
 def load_train_dataset_dicts(names: str | Sequence[str], filter_empty: bool = True) -> list[dict]:
     """The dicts of the registered datasets ``names`` as detectron2's train loader gets them
-    (``get_detection_dataset_dicts``; datasets registered by ``register_coco_instances`` read by the checked
-    COCO reader, see :func:`~pix2seq_d2.data.datasets.use_checked_coco_loader`), with clear errors for an
+    (:func:`~pix2seq_d2.data.datasets.checked_dataset_dicts`: ``get_detection_dataset_dicts``, with datasets
+    registered by ``register_coco_instances`` read by the checked COCO reader), with clear errors for an
     empty training set and for a COCO json that detectron2's own reader fails on (a dataset registered with
     a function that calls it). The cause of a failed load is found by looking at the datasets, not at the
     text of detectron2's error."""
@@ -244,16 +244,16 @@ def load_train_dataset_dicts(names: str | Sequence[str], filter_empty: bool = Tr
     if not names:
         raise ValueError("DATASETS.TRAIN is empty: name at least one registered dataset to train on")
     try:
-        use_checked_coco_loader(names)
-        dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
+        dicts = checked_dataset_dicts(names, filter_empty)
     except KeyError as e:
         explanation = explain_dataset_error(names)
         if explanation:
             raise ValueError(f"Cannot load the training set {names}: {explanation}") from e
         raise
-    except AssertionError:  # detectron2 asserts that each dataset, and what filtering leaves, is not empty
-        empty = [name for name in names if not len(DatasetCatalog.get(name))]
-        if not (empty or filter_empty):
+    except EmptyDatasetError:  # a dataset without images: named below as the training set
+        dicts = []
+    except AssertionError:  # no dataset is empty, so filtering left no image (or another detectron2 assertion)
+        if not filter_empty:
             raise
         dicts = []
     if isinstance(dicts, list) and not dicts:

@@ -45,22 +45,13 @@ import sys
 
 from detectron2.config import CfgNode
 
-from pix2seq_d2.config import load_config, prepare_config
+from pix2seq_d2.config import config_items, load_config, prepare_config
 from pix2seq_d2.engine.d2_script_patches import installed
 from pix2seq_d2.engine.launch import run_command
 from pix2seq_d2.model_zoo import resolve_config_path
 from pix2seq_d2.utils.errors import MissingFileError
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
-
-
-def _full_keys(cfg: CfgNode, prefix: str = "") -> set[str]:
-    keys = set()
-    for name, value in cfg.items():
-        keys.add(prefix + name)
-        if isinstance(value, CfgNode):
-            keys |= _full_keys(value, f"{prefix}{name}.")
-    return keys
 
 
 def config_file_argument(argv: list[str]) -> str | None:
@@ -89,7 +80,7 @@ def with_config_file(argv: list[str], config_file: str) -> list[str]:
 def config_overrides(argv: list[str], cfg: CfgNode) -> list[str]:
     """The trailing ``KEY VALUE ...`` of a script's arguments (detectron2's scripts take them as their
     last positional arguments): from the first argument that is a key of ``cfg`` to the end."""
-    keys = _full_keys(cfg)
+    keys = config_items(cfg)
     for i, arg in enumerate(argv):
         if _KEY.match(arg) and arg in keys and not (i and argv[i - 1].startswith("-") and "=" not in argv[i - 1]):
             return argv[i:]

@@ -5,7 +5,7 @@
 from .checks import check_config
 from .dataset_checks import check_datasets, dataset_classes, resolve_auto_settings, with_auto_settings
 from .defaults import add_pix2seq_config
-from .loading import ConfigKeyError, load_config, merge_config_checked
+from .loading import ConfigKeyError, config_items, load_config, merge_config_checked
 from .prepare import prepare_config
 from .problems import ConfigError
 from .rules import RULES, rule_table
@@ -19,6 +19,7 @@ __all__ = [
     "check_config",
     "check_datasets",
     "check_schedule",
+    "config_items",
     "dataset_classes",
     "load_config",
     "merge_config_checked",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from typing import Any
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
@@ -13,16 +14,20 @@ from detectron2.utils.file_io import PathManager
 from pix2seq_d2.config.defaults import add_pix2seq_config
 from pix2seq_d2.utils.errors import MissingFileError, UserError
 
-__all__ = ["ConfigKeyError", "load_config", "merge_config_checked"]
+__all__ = ["ConfigKeyError", "config_items", "load_config", "merge_config_checked"]
 
 
-def _config_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        keys.append(prefix + k)
-        if isinstance(v, CfgNode):
-            keys.extend(_config_keys(v, prefix + k + "."))
-    return keys
+def config_items(cfg: CfgNode, *, nodes: bool = True, prefix: str = "") -> dict[str, Any]:
+    """Every key of ``cfg`` in dotted form (``"MODEL.PIX2SEQ.NUM_BINS"``), in the config's order -> its value;
+    ``nodes``: the keys of nodes too (``"MODEL.PIX2SEQ"`` -> its ``CfgNode``), else only the settings."""
+    items: dict[str, Any] = {}
+    for name, value in cfg.items():
+        is_node = isinstance(value, CfgNode)
+        if nodes or not is_node:
+            items[prefix + name] = value
+        if is_node:
+            items.update(config_items(value, nodes=nodes, prefix=f"{prefix}{name}."))
+    return items
 
 
 def _config_file_chain(config_file: str) -> list[tuple[str, dict]]:
@@ -67,7 +72,7 @@ def _unknown_key(root: CfgNode, node: CfgNode, data: dict, prefix: str = "") -> 
 
 
 def _unknown_key_message(cfg: CfgNode, key: str, where: str) -> str:
-    close = difflib.get_close_matches(key, _config_keys(cfg), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(config_items(cfg)), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     return f"Unknown config key {key} {where}.{hint} (Pix2Seq's keys are defined in pix2seq_d2/config/defaults.py.)"
 

@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import get_cfg
 
 from . import defaults
+from .loading import config_items
 from .rules import RULES, rule_table
 
 __all__ = [
@@ -135,22 +136,13 @@ def source_comments(source: str | None = None) -> tuple[dict[str, str], dict[str
 
 
 # ---- the keys ------------------------------------------------------------------------------------
-def _flatten(node: CfgNode, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for name, value in node.items():
-        if isinstance(value, CfgNode):
-            out.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            out[prefix + name] = value
-    return out
-
-
 def added_keys() -> dict[str, Any]:
     """Every key ``add_pix2seq_config`` adds to (or changes in) detectron2's config -> its default."""
-    base = _flatten(get_cfg())
+    base = config_items(get_cfg(), nodes=False)
     cfg = get_cfg()
     defaults.add_pix2seq_config(cfg)
-    return {key: value for key, value in _flatten(cfg).items() if key not in base or base[key] != value}
+    added = config_items(cfg, nodes=False)
+    return {key: value for key, value in added.items() if key not in base or base[key] != value}
 
 
 def _rules_by_key() -> dict[str, tuple[dict[str, str], ...]]:
@@ -266,7 +258,7 @@ def reference_markdown() -> str:
         out.append("")
 
     added = {doc.key for doc in docs}
-    d2_defaults = _flatten(get_cfg())
+    d2_defaults = config_items(get_cfg(), nodes=False)
     others: dict[str, list[dict[str, str]]] = {}
     for row in rule_table():
         if row["key"] not in added:

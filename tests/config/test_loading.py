@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 
 from pix2seq_d2 import add_pix2seq_config
-from pix2seq_d2.config import merge_config_checked
+from pix2seq_d2.config import config_items, merge_config_checked
 from tests.helpers import QUICKSTART_CONFIG, REPO_ROOT
 
 
@@ -55,3 +55,13 @@ def test_train_net_reports_an_unknown_config_key_with_its_file(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr  # one "error:" line
     assert f"error: Unknown config key SOLVER.MAX_ITRE in {config}. Did you mean SOLVER.MAX_ITER" in proc.stderr
+
+
+def test_config_items_lists_every_dotted_key_with_its_value_nodes_optional():
+    cfg = CfgNode({"A": 1, "B": CfgNode({"C": [2], "D": CfgNode({"E": "x"})}), "F": None})
+    assert list(config_items(cfg)) == ["A", "B", "B.C", "B.D", "B.D.E", "F"]
+    assert config_items(cfg)["B.D"] is cfg.B.D
+    assert config_items(cfg, nodes=False) == {"A": 1, "B.C": [2], "B.D.E": "x", "F": None}
+    full = get_cfg()
+    add_pix2seq_config(full)
+    assert config_items(full, nodes=False)["MODEL.PIX2SEQ.NUM_BINS"] == full.MODEL.PIX2SEQ.NUM_BINS

@@ -306,11 +306,16 @@ def crowd_flag(annotation: dict) -> int:
     return flag
 
 
+def _has_area(annotation: dict) -> bool:
+    """Whether the annotation's own ``area`` is a finite number >= 0 (COCO evaluation can use it)."""
+    area = annotation.get("area")
+    return _is_real(area) and area >= 0
+
+
 def usable_area(annotation: dict) -> float:
     """The ``area`` of a kept annotation, or its box's where that is missing or not a finite number >= 0."""
-    area = annotation.get("area")
-    if _is_real(area) and area >= 0:
-        return area
+    if _has_area(annotation):
+        return annotation["area"]
     return float(annotation["bbox"][2]) * float(annotation["bbox"][3])
 
 
@@ -368,7 +373,7 @@ def parse_annotations(
         beyond = _outside_reason(annotation["bbox"], image["width"], image["height"])
         if beyond is not None:
             outside.append(_annotation_name(annotation, position, file_names), "outside", beyond, image_id)
-        missing_area += not (_is_real(annotation.get("area")) and annotation["area"] >= 0)
+        missing_area += not _has_area(annotation)
         kept.append(annotation)
     problems.raise_if_any(
         json_file, '"annotations"',

@@ -225,6 +225,11 @@ _METRICS = {
 }
 
 
+def _percent(names: Sequence[str], stats: Sequence[float]) -> dict[str, float]:
+    """COCO summary numbers (fractions; -1: undefined) as percent, NaN where undefined."""
+    return {name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(names, stats)}
+
+
 def per_category_ap(coco_eval: Any, class_names: Sequence[str]) -> dict[str, float]:
     """``AP-<class name>`` of each category (all sizes, the last ``maxDets``), in percent: the mean
     precision over IoU thresholds and recall levels where it is defined (NaN where never)."""
@@ -377,7 +382,7 @@ class COCOEvaluatorWithRecall(DatasetEvaluator):
             logger.warning(f"No predictions from the model on {self.dataset_name!r}: every {task} metric is NaN")
             results = {name: float("nan") for name in names}
         else:
-            results = {name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(names, coco_eval.stats)}
+            results = _percent(names, coco_eval.stats)
             logger.info(f"Evaluation results for {task}: \n" + create_small_table(results))
             class_names = self.metadata.get("thing_classes")
             if class_names is not None and len(class_names) > 1:
@@ -386,5 +391,5 @@ class COCOEvaluatorWithRecall(DatasetEvaluator):
                 results.update(per_category)
         if task == "bbox":
             stats = coco_eval.stats[6:12] if coco_eval is not None else [-1.0] * len(RECALL_METRICS)
-            results.update({name: float(v * 100) if v >= 0 else float("nan") for name, v in zip(RECALL_METRICS, stats)})
+            results.update(_percent(RECALL_METRICS, stats))
         return results

@@ -29,6 +29,11 @@ def _annotation_name(obj: dict, position: int) -> str:
     return f"annotation id {obj['id']}" if "id" in obj else f"annotation #{position} (no 'id')"
 
 
+def _is_known_class(category: object, num_classes: int) -> bool:
+    """Whether ``category`` is a contiguous class id of the model: an integer in ``0..num_classes-1``."""
+    return isinstance(category, (int, np.integer)) and 0 <= category < num_classes
+
+
 def _warn_once(message: str) -> None:
     """Warn once per message (it names the file and the annotation): not again every epoch."""
     log_first_n(logging.WARNING, message, n=1, key="message")
@@ -64,7 +69,7 @@ def valid_annotations(annotations: list[dict], file_name: str, num_classes: int 
             continue
         if num_classes is not None:
             category = obj.get("category_id")
-            if not isinstance(category, (int, np.integer)) or not 0 <= category < num_classes:
+            if not _is_known_class(category, num_classes):
                 raise ValueError(
                     f"{name} of {file_name} has category_id={category!r}, outside 0..{num_classes - 1} "
                     f"(MODEL.PIX2SEQ.NUM_CLASSES={num_classes}): set NUM_CLASSES to the dataset's number of "
@@ -88,7 +93,7 @@ def check_category_ids(dataset_dicts: list[dict], num_classes: int, dataset_name
         (d.get("file_name"), position, obj)
         for d in dataset_dicts
         for position, obj in enumerate(d.get("annotations", ()))
-        if not (isinstance(obj.get("category_id"), (int, np.integer)) and 0 <= obj["category_id"] < num_classes)
+        if not _is_known_class(obj.get("category_id"), num_classes)
     ]
     if bad:
         file_name, position, obj = bad[0]

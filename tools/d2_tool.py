@@ -113,8 +113,9 @@ def run_script(script: str, script_args: list[str], datasets_from: str | None = 
         raise MissingFileError(f"no detectron2 tool script at {script}")
     script_config = config_file_argument(script_args)
     if script_config:  # the script reads the file itself: give it the path of a config given by name
-        script_args = with_config_file(script_args, resolve_config_path(script_config))
-    config_file = resolve_config_path(datasets_from) if datasets_from else config_file_argument(script_args)
+        script_config = resolve_config_path(script_config)
+        script_args = with_config_file(script_args, script_config)
+    config_file = resolve_config_path(datasets_from) if datasets_from else script_config
     if config_file and config_file.endswith(".yaml"):
         read_script_config(config_file, script_args)
     saved_argv, saved_path = sys.argv, list(sys.path)

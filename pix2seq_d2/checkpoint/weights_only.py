@@ -119,8 +119,9 @@ def torch_load_weights_only(path: str, trusted: bool) -> Any:
             raise
         raise _refusal(path, _refusal_reason(path, e)) from None
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as e:
-        problem = crc_problem(path) if zipfile.is_zipfile(path) else None
-        if problem is None and zipfile.is_zipfile(path):
+        is_zip = zipfile.is_zipfile(path)
+        problem = crc_problem(path) if is_zip else None
+        if problem is None and is_zip:
             raise  # an intact file: not a problem of the file (e.g. out of memory)
         detail = problem or f"torch.load cannot read it ({type(e).__name__}: {str(e).strip()[:200]})"
         raise not_a_checkpoint(

@@ -245,7 +245,7 @@ def beam_search(
     tokens = torch.full((b * w, start + max_len), pad, dtype=torch.long, device=device)
     tokens[:, :start] = prompt
     token_logprobs = torch.zeros(b * w, max_len, device=device)
-    slots = task.response_recorder(b * w, options, device)
+    recorder = task.response_recorder(b * w, options, device)
     all_logits = memory.new_zeros(b * w, max_len, v) if return_logits else None
     # Only the first beam of each image is live at the start, so that the first step does not
     # pick W copies of the same token.
@@ -254,7 +254,7 @@ def beam_search(
     best = DecodedSequences(
         tokens=torch.full((b, max_len), pad, dtype=torch.long, device=device),
         token_logprobs=torch.zeros(b, max_len, device=device),
-        records={name: torch.zeros_like(x[:b]) for name, x in slots.tensors().items()},
+        records={name: torch.zeros_like(x[:b]) for name, x in recorder.tensors().items()},
         logits=memory.new_zeros(b, max_len, v) if return_logits else None,
     )
     best_scores = torch.full((b,), float("-inf"), device=device)
@@ -275,7 +275,7 @@ def beam_search(
         if eos_logprob is not None:
             best.tokens[better, n] = eos
             best.token_logprobs[better, n] = eos_logprob[better]
-        for name, recorded in slots.tensors().items():
+        for name, recorded in recorder.tensors().items():
             best.records[name][better] = recorded[src]
         if best.logits is not None:
             best.logits[better] = 0.0
@@ -284,7 +284,7 @@ def beam_search(
     for t in range(max_len):
         logits = steps.next_logits(tokens[:, : start + t])  # [B*W, V]
         logprobs = logits.float().log_softmax(-1)
-        slots.record(slice(None), t, logprobs)
+        recorder.record(slice(None), t, logprobs)
         if all_logits is not None:
             all_logits[:, t] = logits
         masked = logprobs.masked_fill(forbidden[t % period], float("-inf"))
@@ -308,7 +308,7 @@ def beam_search(
         tokens[:, start + t] = chosen
         token_logprobs = token_logprobs[rows]
         token_logprobs[:, t] = logprobs[rows, chosen]
-        slots.select(rows)
+        recorder.select(rows)
         if all_logits is not None:
             all_logits = all_logits[rows]
         steps.select(rows, memory_unchanged=True)  # beams never move between images

@@ -88,6 +88,11 @@ def _resolve(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def _cwd_note(given: str | os.PathLike[str]) -> str:
+    """For an error about a path as the user gave it: where a relative one was looked for."""
+    return "" if os.path.isabs(os.fspath(given)) else f" (relative to the working directory {os.getcwd()})"
+
+
 def register_coco_json(
     name: str, json_file: str | os.PathLike[str], image_root: str | os.PathLike[str], *, source: str = ""
 ) -> None:
@@ -116,13 +121,11 @@ def register_coco_json(
             f"dataset name {name!r}{where} is already registered ({registered!r}: a detectron2 builtin dataset or "
             "one registered by code): pick another name for your dataset"
         )
-    relative = "" if os.path.isabs(os.fspath(json_file)) else f" (relative to the working directory {os.getcwd()})"
     if not PathManager.isfile(json_path):
         state = "is a folder, not a file" if PathManager.isdir(json_path) else "does not exist"
-        raise CocoJsonError(f"COCO json file {json_path} of dataset {name!r}{where} {state}{relative}")
+        raise CocoJsonError(f"COCO json file {json_path} of dataset {name!r}{where} {state}{_cwd_note(json_file)}")
     if not PathManager.isdir(root_path):
-        relative = "" if os.path.isabs(os.fspath(image_root)) else f" (relative to the working directory {os.getcwd()})"
-        raise CocoJsonError(f"image root {root_path} of dataset {name!r}{where} is not a folder{relative}")
+        raise CocoJsonError(f"image root {root_path} of dataset {name!r}{where} is not a folder{_cwd_note(image_root)}")
     meta = MetadataCatalog.get(name)
     for key, value in (("json_file", json_path), ("image_root", root_path), ("evaluator_type", "coco")):
         old = getattr(meta, key, None)
